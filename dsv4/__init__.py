@@ -1,0 +1,1 @@
+"""dsv4: DeepSeek-V4 end to end in Python."""
