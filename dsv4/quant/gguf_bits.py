@@ -1,0 +1,56 @@
+"""Bit-level helpers shared by the GGUF block codecs: nibble/crumb packing, fp16 fields, C-style rounding.
+
+Every GGUF layout stores small unsigned codes so that byte `c*width + l` of a packed run holds the codes
+q[c*g*width + j*width + l] at bit offset j*bits, for j < g = 8/bits. `pack_bits` / `unpack_bits` express
+all of them (Q4_K nibbles: bits=4, width=32; Q2_K crumbs: bits=2, width=32; high-bit masks: bits=1, ...).
+"""
+import torch
+
+from .errors import QuantShapeError
+
+
+def pack_bits(q: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """Pack codes q [nb, n] (values < 2^bits) into bytes [nb, n * bits / 8] with the layout above."""
+    g = 8 // bits
+    nb, n = q.shape
+    q = q.to(torch.uint8).reshape(nb, n // (g * width), g, width)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, g, 1)
+    return (q << shifts).sum(2, dtype=torch.uint8).reshape(nb, -1)  # fields are disjoint: sum == or
+
+
+def unpack_bits(b: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: bytes [nb, m] -> codes uint8 [nb, m * 8 / bits]."""
+    g = 8 // bits
+    nb, m = b.shape
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, g, 1)
+    q = (b.reshape(nb, m // width, 1, width) >> shifts) & ((1 << bits) - 1)
+    return q.reshape(nb, -1)
+
+
+def f16_bytes(v: torch.Tensor) -> torch.Tensor:
+    """fp32 [nb] -> its IEEE fp16 encoding (round to nearest even) as little-endian bytes [nb, 2]."""
+    return v.to(torch.float16).reshape(-1, 1).view(torch.uint8)
+
+
+def f16_value(b: torch.Tensor) -> torch.Tensor:
+    """Little-endian fp16 bytes [nb, 2] -> fp32 [nb, 1]."""
+    return b.contiguous().view(torch.float16).float()
+
+
+def round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """C `roundf`: nearest integer, ties away from zero (fp32 in, fp32 out). a - floor(a) is exact, so no double rounding."""
+    a = v.abs()
+    f = a.floor()
+    return torch.where(a - f >= 0.5, f + 1, f) * v.sign()
+
+
+def nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """ggml's `nearest_int` (the 1.5*2^23 magic-number trick) is round-half-to-even for |v| < 2^22; so is torch.round."""
+    return torch.round(v)
+
+
+def split_blocks(x: torch.Tensor, block: int, fmt: str) -> torch.Tensor:
+    """fp32 rows [..., k] -> blocks [n_blocks, block]; k must be a multiple of `block`."""
+    if x.shape[-1] % block:
+        raise QuantShapeError(f"{fmt}: row length {x.shape[-1]} is not a multiple of the block size {block}")
+    return x.float().reshape(-1, block)
