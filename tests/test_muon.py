@@ -101,6 +101,25 @@ def test_two_muon_steps_match_a_hand_computed_reference():
     torch.testing.assert_close(p.detach().double(), w2, atol=1e-4, rtol=0)
 
 
+def test_same_shape_params_batched_together_get_their_own_updates():
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(8, 12), (8, 12), (12, 8), (3, 8, 12)]
+    w0 = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+    together = [nn.Parameter(w.clone()) for w in w0]
+    alone = [nn.Parameter(w.clone()) for w in w0]
+    opt = Muon(together, lr=0.1, ns_dtype=torch.float32)
+    opts = [Muon([p], lr=0.1, ns_dtype=torch.float32) for p in alone]
+    for step_grads in grads:
+        for p, q, g in zip(together, alone, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for p, q in zip(together, alone):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("shape", [(64, 256), (256, 64), (4, 32, 96)])
 def test_muon_update_rms_is_gamma(shape):
     p = nn.Parameter(torch.zeros(shape))
@@ -175,6 +194,18 @@ def test_official_names_follow_the_v4_split(name):
 def test_unknown_names_are_rejected_by_name(name, ndim):
     with pytest.raises(UnknownParameterError, match=name.split(".")[-1]):
         param_rule(name, ndim)
+
+
+def test_split_covers_every_parameter_of_the_tiny_model():
+    from dsv4.config import ModelConfig
+    from dsv4.model.transformer import Transformer
+
+    model = Transformer(ModelConfig.preset("tiny-official-ratios"))
+    muon, adamw = split_params(model)
+    assert len(muon) + len(adamw) == len(list(model.parameters()))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {"embed.weight", "head.weight", "norm.weight"} <= {names[id(p)] for p in adamw}
+    assert all(p.ndim >= 2 for p in muon)
 
 
 class _Named(nn.Module):

@@ -82,26 +82,39 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            direction = self._muon_direction if group["use_muon"] else self._adamw_direction
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = direction(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["use_muon"]:
+                updates = self._muon_updates(params, group)
+            else:
+                updates = [self._adamw_direction(p, group) for p in params]
+            for p, update in zip(params, updates):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
         return loss
 
-    def _muon_direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """Orthogonalised (Nesterov) momentum scaled to RMS gamma. [..., out, in] like p."""
+    def _nesterov_momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """Advance p's momentum buffer M <- mu M + G; return mu M + G (Nesterov) or M."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         buf = state["momentum_buffer"]
         buf.mul_(group["momentum"]).add_(p.grad)
-        m = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-        o = newton_schulz(m, group["schedule"], group["ns_dtype"])
-        # singular values ~1 give RMS 1/sqrt(max(out, in)); this factor makes the update RMS gamma
-        return o * (group["update_rms"] * math.sqrt(max(p.shape[-2:])))
+        return p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+
+    def _muon_updates(self, params: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
+        """Orthogonalised momentum of each param scaled to RMS gamma, each [..., out, in] like its param."""
+        inputs = [self._nesterov_momentum(p, group) for p in params]
+        buckets: dict[tuple, list[int]] = {}
+        for i, m in enumerate(inputs):
+            buckets.setdefault((m.shape, m.dtype, m.device), []).append(i)
+        updates: list[torch.Tensor] = [torch.empty(0)] * len(params)
+        for idx in buckets.values():
+            # same-shape matrices (e.g. all experts' w1) go through Newton-Schulz as one batch, as V4 does
+            ortho = newton_schulz(torch.stack([inputs[i] for i in idx]), group["schedule"], group["ns_dtype"])
+            for i, o in zip(idx, ortho.unbind()):
+                # singular values ~1 give RMS 1/sqrt(max(out, in)); this factor makes the update RMS gamma
+                updates[i] = o * (group["update_rms"] * math.sqrt(max(params[i].shape[-2:])))
+        return updates
 
     def _adamw_direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """Bias-corrected Adam direction m_hat / (sqrt(v_hat) + eps), same shape as p."""
