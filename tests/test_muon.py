@@ -211,9 +211,10 @@ def test_split_covers_every_parameter_of_the_tiny_model():
 class _Named(nn.Module):
     """A module tree whose parameters carry the given dotted names; `buffers` are registered as buffers."""
 
-    def __init__(self, params: dict[str, tuple[int, ...]], buffers: dict[str, torch.Tensor] = {}):
+    def __init__(self, params: dict[str, tuple[int, ...]], buffers: dict[str, torch.Tensor] | None = None):
         super().__init__()
-        for name, value in [*((n, nn.Parameter(torch.randn(s) * 0.3)) for n, s in params.items()), *buffers.items()]:
+        tensors = [(n, nn.Parameter(torch.randn(s) * 0.3)) for n, s in params.items()]
+        for name, value in tensors + list((buffers or {}).items()):
             owner = self
             *path, leaf = name.split(".")
             for part in path:
@@ -251,7 +252,8 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
         h = x @ w("layers.0.attn.wq_a.weight").T.sum(1, keepdim=True) * w("layers.0.hc_attn_scale")[0]
         loss = (h.sin() + w("embed.weight")[step] @ w("head.weight").T).pow(2).mean()
         extra = [w("layers.0.ffn.experts.w1.weight").pow(3), w("layers.0.hc_attn_fn").sin(), w("norm.weight"),
-                 w("layers.0.hc_attn_base").cos(), w("layers.0.ffn.gate.weight").pow(2), w("layers.0.attn.q_norm.weight")]
+                 w("layers.0.hc_attn_base").cos(), w("layers.0.ffn.gate.weight").pow(2),
+                 w("layers.0.attn.q_norm.weight")]
         (loss + sum(t.sum() for t in extra)).backward()
         opt.step()
 

@@ -182,6 +182,18 @@ def test_messages_for_each_mode():
     json.dumps(CALCULATOR_TOOL)
 
 
+@pytest.mark.parametrize("mode", ["chat", "think", "tools"])
+def test_messages_render_in_the_v4_chat_format(mode):
+    from dsv4.chat import encode_messages
+
+    t = next(t for t in generate_tasks(50, seed=15) if t.kind == "mul")
+    prompt = encode_messages(to_messages(t, mode), thinking=mode == "think",
+                             tools=[CALCULATOR_TOOL] if mode == "tools" else None)
+    assert prompt.endswith(f"{t.answer}<｜end▁of▁sentence｜>") and t.question in prompt
+    assert (f"<think>{t.reasoning}</think>" in prompt) == (mode == "think")
+    assert ('name="calculator"' in prompt and t.expression in prompt.split(t.question)[1]) == (mode == "tools")
+
+
 def test_tools_mode_needs_an_expression_and_unknown_modes_are_rejected():
     sort_task = generate_tasks(1, seed=0, kinds=["sort"])[0]
     with pytest.raises(ModeError, match="'sort' has no calculator expression"):

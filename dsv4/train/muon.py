@@ -107,14 +107,14 @@ class Muon(torch.optim.Optimizer):
         buckets: dict[tuple, list[int]] = {}
         for i, m in enumerate(inputs):
             buckets.setdefault((m.shape, m.dtype, m.device), []).append(i)
-        updates: list[torch.Tensor] = [torch.empty(0)] * len(params)
+        updates: dict[int, torch.Tensor] = {}
         for idx in buckets.values():
             # same-shape matrices (e.g. all experts' w1) go through Newton-Schulz as one batch, as V4 does
             ortho = newton_schulz(torch.stack([inputs[i] for i in idx]), group["schedule"], group["ns_dtype"])
             for i, o in zip(idx, ortho.unbind()):
                 # singular values ~1 give RMS 1/sqrt(max(out, in)); this factor makes the update RMS gamma
                 updates[i] = o * (group["update_rms"] * math.sqrt(max(params[i].shape[-2:])))
-        return updates
+        return [updates[i] for i in range(len(params))]
 
     def _adamw_direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """Bias-corrected Adam direction m_hat / (sqrt(v_hat) + eps), same shape as p."""
