@@ -6,7 +6,7 @@ All functions: blocks fp32 [nb, 32] <-> bytes uint8 [nb, type_size].
 """
 import torch
 
-from .gguf_bits import f16_bytes, f16_value, pack_bits, round_half_away, unpack_bits
+from .bitpack import f16_bytes, f16_value, pack_bits, round_half_away, unpack_bits
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -44,6 +44,12 @@ def quantize_q4_0(x: torch.Tensor) -> torch.Tensor:
 
 def dequantize_q4_0(b: torch.Tensor) -> torch.Tensor:
     return (unpack_bits(b[:, 2:], 4, 16).float() - 8) * f16_value(b[:, :2])
+
+
+def q4_0_affine(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0 blocks [nb, 18]: levels uint8 [nb, 32], scale and offset fp32 [nb, 1]; v = scale q + offset = d (q - 8)."""
+    d = f16_value(b[:, :2])
+    return unpack_bits(b[:, 2:], 4, 16), d, -8 * d
 
 
 def quantize_q5_0(x: torch.Tensor) -> torch.Tensor:

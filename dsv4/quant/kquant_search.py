@@ -12,7 +12,7 @@ near-tie can rarely resolve differently from the C loop. All take x [g, n] fp32 
 """
 import torch
 
-from .gguf_bits import nearest_int
+from .bitpack import nearest_int
 
 GROUP_MAX_EPS = 1e-15
 

@@ -12,7 +12,7 @@ Layouts in bytes (functions map blocks fp32 [nb, 256] <-> uint8 [nb, type_size])
 """
 import torch
 
-from .gguf_bits import f16_bytes, f16_value, nearest_int, pack_bits, unpack_bits
+from .bitpack import f16_bytes, f16_value, nearest_int, pack_bits, unpack_bits
 from .kquant_search import fit_affine, fit_symmetric, fit_symmetric_refined, signed_absmax
 
 QK_K = 256
@@ -95,6 +95,13 @@ def _dequantize_affine_32(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     sc, mn = _unpack_scale_min_6bit(b[:, 4:16])
     dl, ml = f16_value(b[:, 0:2]) * sc, f16_value(b[:, 2:4]) * mn
     return (dl[..., None] * q.float().reshape(nb, 8, 32) - ml[..., None]).reshape(nb, QK_K)
+
+
+def q4_k_affine(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_K blocks [nb, 144] as groups of 32: levels uint8 [nb*8, 32], scale and offset fp32 [nb*8, 1]; v = scale q + offset."""
+    sc, mn = _unpack_scale_min_6bit(b[:, 4:16])
+    dl, ml = f16_value(b[:, 0:2]) * sc, f16_value(b[:, 2:4]) * mn
+    return unpack_bits(b[:, 16:144], 4, 32).reshape(-1, 32), dl.reshape(-1, 1), -ml.reshape(-1, 1)
 
 
 def dequantize_q4_k(b: torch.Tensor) -> torch.Tensor:

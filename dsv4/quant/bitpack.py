@@ -1,4 +1,4 @@
-"""Bit-level helpers shared by the GGUF block codecs: nibble/crumb packing, fp16 fields, C-style rounding.
+"""Bit-level helpers shared by the packed codecs (GGUF blocks, FP4 nibbles): bit-field packing, fp16 fields, C-style rounding.
 
 Every GGUF layout stores small unsigned codes so that byte `c*width + l` of a packed run holds the codes
 q[c*g*width + j*width + l] at bit offset j*bits, for j < g = 8/bits. `pack_bits` / `unpack_bits` express
