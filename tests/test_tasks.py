@@ -29,6 +29,8 @@ def test_kinds_can_be_restricted_and_unknown_kinds_are_rejected_by_name():
     assert {t.kind for t in generate_tasks(500, seed=0)} == set(KINDS)
     with pytest.raises(UnknownKindError, match="'divide'"):
         generate_tasks(3, seed=0, kinds=["add", "divide"])
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        generate_tasks(-1, seed=0)
 
 
 def test_multi_step_marks_the_kinds_that_need_several_steps():
@@ -227,3 +229,10 @@ def test_grader_accepts_the_final_answer_in_common_forms(kind, answer, reply):
 ])
 def test_grader_rejects_wrong_or_missing_answers(kind, answer, reply):
     assert not grade(_task(kind, answer), reply)
+
+
+def test_grader_in_thinking_mode_needs_the_reasoning_closed():
+    task = _task("add", "85")
+    assert grade(task, "47 + 38 = 85</think>85", thinking=True)
+    assert not grade(task, "47 + 38 = 85, so the answer is 85", thinking=True)
+    assert grade(task, "47 + 38 = 85, so the answer is 85", thinking=False)

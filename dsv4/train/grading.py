@@ -1,7 +1,8 @@
 """Grade a model's reply to a synthetic task: extract the final answer, compare it exactly with the task's.
 
-The reply may be a completion string (anything before the last `</think>` is reasoning and ignored) or an
-assistant message dict (its `content` is graded, never its `reasoning_content`).
+The reply may be a completion string (anything before the last `</think>` is reasoning and ignored; with
+thinking=True a completion that never closes its reasoning has no answer) or an assistant message dict (its
+`content` is graded, never its `reasoning_content`).
 """
 import re
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ _INTEGER = re.compile(_SIGN + r"\d+")
 _WEEKDAY = re.compile(r"\b(" + "|".join(WEEKDAYS) + r")\b", re.IGNORECASE)
 
 
-def final_text(reply: str | Mapping) -> str:
+def final_text(reply: str | Mapping, thinking: bool = False) -> str:
     """The answer part of a reply: message content, or the completion text after its last `</think>`."""
-    text = (reply.get("content") or "") if isinstance(reply, Mapping) else reply
-    return text.rsplit("</think>", 1)[-1]
+    if isinstance(reply, Mapping):
+        return reply.get("content") or ""
+    if "</think>" not in reply:
+        return "" if thinking else reply
+    return reply.rsplit("</think>", 1)[-1]
 
 
 def _last_number(text: str) -> str | None:
@@ -43,14 +47,17 @@ def _last_weekday(text: str) -> str | None:
     return found[-1].capitalize() if found else None
 
 
-def extract_answer(task: Task, reply: str | Mapping) -> str | None:
+def extract_answer(task: Task, reply: str | Mapping, thinking: bool = False) -> str | None:
     """The reply's final answer in the task's canonical form, or None when it has none."""
-    text, form = final_text(reply), KINDS[task.kind].form
+    text, form = final_text(reply, thinking), KINDS[task.kind].form
     if form == "int_list":
         return _last_numbers(text, len(task.answer.split(", ")))
     return _last_weekday(text) if form == "weekday" else _last_number(text)
 
 
-def grade(task: Task, reply: str | Mapping) -> bool:
-    """True when the reply's final answer equals the task's answer exactly."""
-    return extract_answer(task, reply) == task.answer
+def grade(task: Task, reply: str | Mapping, thinking: bool = False) -> bool:
+    """True when the reply's final answer equals the task's answer exactly.
+
+    thinking: the completion was generated after an opened `<think>` (thinking mode).
+    """
+    return extract_answer(task, reply, thinking) == task.answer
