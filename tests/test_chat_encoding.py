@@ -174,3 +174,15 @@ def test_request_messages_are_not_mutated():
 )
 def test_prompt_tells_whether_generation_starts_in_reasoning(messages, thinking, opens):
     assert render_messages(messages, thinking=thinking).opens_reasoning is opens
+
+
+def test_adjacent_trusted_segments_form_one_span():
+    from dsv4.chat import Prompt, load_tokenizer
+
+    prompt = Prompt()
+    prompt.mark("<｜Us")
+    prompt.mark("er｜>")
+    prompt.user("<think>")
+    prompt.mark("</think>")
+    assert prompt.trusted_spans() == [(0, 8), (15, 23)]
+    assert load_tokenizer().encode_prompt(prompt) == [128803, 30, 37947, 32, 128822]

@@ -63,3 +63,10 @@ def test_quick_instruction_tasks_are_unreachable_from_requests():
 def test_non_action_task_appends_its_token_directly():
     prompt = render_v4([{"role": "user", "content": "q", "task": "query"}], thinking=True).text
     assert prompt == "<｜begin▁of▁sentence｜><｜User｜>q<｜query｜>"
+
+
+def test_parser_rejects_malformed_tools_by_field():
+    from dsv4.chat import parse_completion
+
+    with pytest.raises(ChatRequestError, match=r"^tools\[0\]: expected"):
+        parse_completion("x", thinking=False, tools=[{"type": "function"}])

@@ -35,14 +35,11 @@ def parse_invoke(text: str, start: int) -> Invoke | str:
     Accepts parameter elements or a JSON object written directly in the body.
     Returns an `Invoke`, `INCOMPLETE` (need more text) or `MALFORMED`.
     """
-    head_end = text.find(">", start)
-    if head_end < 0:
-        return INCOMPLETE
-    head = _INVOKE_HEAD.fullmatch(text, start, head_end + 1)
-    if head is None:
-        return MALFORMED
+    head = _match_head(_INVOKE_HEAD, text, start)
+    if isinstance(head, str):
+        return head
     arguments: dict = {}
-    pos = head_end + 1
+    pos = head.end()
     while True:
         pos = _skip_space(text, pos)
         rest = text[pos : pos + len(OPEN_PARAM)]
@@ -60,6 +57,14 @@ def parse_invoke(text: str, start: int) -> Invoke | str:
             return pos
 
 
+def _match_head(pattern: re.Pattern, text: str, start: int) -> re.Match | str:
+    """Match an opening tag, which ends at the first `>` after `start`."""
+    end = text.find(">", start)
+    if end < 0:
+        return INCOMPLETE
+    return pattern.fullmatch(text, start, end + 1) or MALFORMED
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -68,19 +73,16 @@ def _skip_space(text: str, pos: int) -> int:
 
 def _parse_parameter(text: str, start: int, arguments: dict) -> int | str:
     """Add one `<｜DSML｜parameter …>value</｜DSML｜parameter>` to `arguments`; return the end."""
-    head_end = text.find(">", start)
-    if head_end < 0:
-        return INCOMPLETE
-    head = _PARAM_HEAD.fullmatch(text, start, head_end + 1)
-    if head is None:
-        return MALFORMED
-    value_end = text.find(CLOSE_PARAM, head_end + 1)
+    head = _match_head(_PARAM_HEAD, text, start)
+    if isinstance(head, str):
+        return head
+    value_end = text.find(CLOSE_PARAM, head.end())
     if value_end < 0:
         return INCOMPLETE
     name, string = head.group(1), head.group(2)
     if name in arguments:
         return MALFORMED
-    arguments[name] = typed_value(text[head_end + 1 : value_end], string)
+    arguments[name] = typed_value(text[head.end() : value_end], string)
     return value_end + len(CLOSE_PARAM)
 
 

@@ -41,9 +41,12 @@ class Prompt:
 
     def trusted_spans(self) -> list[tuple[int, int]]:
         """Character ranges `[start, end)` of trusted text, in order."""
-        spans, pos = [], 0
+        spans: list[tuple[int, int]] = []
+        pos = 0
         for text, trusted in self.segments:
-            if trusted:
+            if trusted and spans and spans[-1][1] == pos:
+                spans[-1] = (spans[-1][0], pos + len(text))  # adjacent: one span, so no marker is cut
+            elif trusted:
                 spans.append((pos, pos + len(text)))
             pos += len(text)
         return spans

@@ -36,7 +36,7 @@ def to_native(messages: list, *, tools: list | None = None, response_format: dic
     native = _introduce_orphan_assistants(_system_to_user_after_start(_merge_leading_systems(native)))
     extras = {}
     if tools:
-        extras["tools"] = _validate_tools(tools)
+        extras["tools"] = validate_tools(tools)
     if response_format is not None and _validate_response_format(response_format)["type"] != "text":
         extras["response_format"] = response_format
     if extras:
@@ -135,7 +135,8 @@ def _introduce_orphan_assistants(native: list[dict]) -> list[dict]:
     return out
 
 
-def _validate_tools(tools: object) -> list[dict]:
+def validate_tools(tools: object) -> list[dict]:
+    """Request-level OpenAI `tools`: a list of `{"type": "function", "function": {"name": ...}}`."""
     if not isinstance(tools, list):
         raise ChatRequestError("tools", "a list of tools", tools)
     for j, tool in enumerate(tools):

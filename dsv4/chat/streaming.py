@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from dsv4.chat import dsml, tokens
 from dsv4.chat.parsing import INCOMPLETE, MALFORMED, parse_invoke, tool_call
+from dsv4.chat.request import validate_tools
 
 REASONING, CONTENT, TOOLS, PLAIN, DONE = "reasoning", "content", "tools", "plain", "done"
 
@@ -41,9 +42,6 @@ class ChatDelta:
     content: str = ""
     tool_calls: list[dict] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.reasoning_content or self.content or self.tool_calls)
-
 
 class StreamingParser:
     """Generated text -> `ChatDelta`s. Start in reasoning iff the prompt ended with `<think>`.
@@ -54,7 +52,7 @@ class StreamingParser:
     def __init__(self, *, thinking: bool, tools: list[dict] | None = None):
         self._state = REASONING if thinking else CONTENT
         self._buffer = ""
-        self._schemas = {t["function"]["name"]: t["function"].get("parameters") for t in tools or []}
+        self._schemas = {t["function"]["name"]: t["function"].get("parameters") for t in validate_tools(tools or [])}
         self._calls = 0
         # Separator and opener of the current tool block until its first call commits
         # (None after): restored as content if the block turns out malformed.

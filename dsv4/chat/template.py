@@ -29,6 +29,7 @@ def render_messages(
     return render_v4(native, thinking=thinking and reasoning_effort != "none", effort_prefix=prefix)
 
 
+# Spelled out rather than `**options`: this is the stable public signature.
 def encode_messages(
     messages: list[dict],
     *,
