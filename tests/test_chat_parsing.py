@@ -1,8 +1,13 @@
-"""parse_completion: hand-written expectations, including what real models get wrong (spec §2.7, §2.11)."""
+"""Output parsing: hand-written expectations, including what real models get wrong (spec §2.7, §2.11),
+and the streaming parser's equivalence with the one-shot parse however the text is chunked."""
+
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dsv4.chat import StreamingParser, parse_completion
+from dsv4.chat import StreamingDetokenizer, StreamingParser, load_tokenizer, merge_deltas, parse_completion
 
 E = "<｜end▁of▁sentence｜>"
 OPEN, CLOSE = "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>"
@@ -120,3 +125,62 @@ def test_tool_call_is_emitted_when_its_invoke_closes():
     first = parser.feed(text[:cut])
     assert first.content == "ok" and first.tool_calls == [{"index": 0, **tc(0, "f", '{"q": "x"}')}]
     assert parser.feed(text[cut:]).tool_calls == [{"index": 1, **tc(1, "g", "{}")}]
+
+
+def golden_turns(n: int) -> list[str]:
+    """Generated text of each assistant turn of an official golden prompt (think mode)."""
+    prompt = (Path(__file__).parent / "data" / "chat" / f"golden_{n}.txt").read_bytes().decode("utf-8")
+    return [piece[: piece.index(E) + len(E)] for piece in prompt.split("<｜Assistant｜><think>")[1:]]
+
+
+# --- streaming: concatenated deltas equal the one-shot parse
+CORPUS = [(text, thinking) for _, text, thinking, _ in PARSE_CASES] + [(t, True) for n in (1, 3) for t in golden_turns(n)]
+IDS = [f"case{i}" for i in range(len(CORPUS))]
+FRAGMENTS = [
+    "a", "中", "😀", " ", "\n", "\n\n", "<", "</", ">", '"', "{", '{"q": 1}', "<think>", "</think>", "</thi",
+    "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜DSML｜", "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>",
+    '<｜DSML｜invoke name="f">', "</｜DSML｜invoke>", '<｜DSML｜parameter name="q" string="true">',
+    '<｜DSML｜parameter name="n" string="false">', "</｜DSML｜parameter>", "<｜DSML｜function_calls>",
+]
+
+
+def stream(text: str, sizes: list[int], thinking: bool) -> dict:
+    parser, deltas, pos, i = StreamingParser(thinking=thinking), [], 0, 0
+    while pos < len(text):
+        size = sizes[i % len(sizes)] if sizes else len(text)
+        deltas.append(parser.feed(text[pos : pos + size]))
+        pos, i = pos + size, i + 1
+    return merge_deltas([*deltas, parser.finish()])
+
+
+@pytest.mark.parametrize("text, thinking", CORPUS, ids=IDS)
+def test_one_character_at_a_time_equals_one_shot(text, thinking):
+    assert stream(text, [1], thinking) == parse_completion(text, thinking=thinking)
+
+
+@pytest.mark.parametrize("text, thinking", CORPUS, ids=IDS)
+def test_one_token_at_a_time_equals_one_shot(text, thinking):
+    tok = load_tokenizer()
+    detok, parser = StreamingDetokenizer(tok), StreamingParser(thinking=thinking)
+    deltas = [parser.feed(detok.push(t)) for t in tok.encode(text)]
+    deltas += [parser.feed(detok.flush()), parser.finish()]
+    assert merge_deltas(deltas) == parse_completion(text, thinking=thinking)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=st.sampled_from(CORPUS), sizes=st.lists(st.integers(1, 25), min_size=1, max_size=12))
+def test_random_chunk_sizes_equal_one_shot(case, sizes):
+    text, thinking = case
+    assert stream(text, sizes, thinking) == parse_completion(text, thinking=thinking)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join),
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=8),
+    thinking=st.booleans(),
+)
+def test_arbitrary_markup_soup_never_raises_and_is_chunk_invariant(text, sizes, thinking):
+    one_shot = parse_completion(text, thinking=thinking)
+    assert stream(text, sizes, thinking) == one_shot
+    assert stream(text, [1], thinking) == one_shot
