@@ -135,7 +135,7 @@ def golden_turns(n: int) -> list[str]:
 
 # --- streaming: concatenated deltas equal the one-shot parse
 CORPUS = [(text, thinking) for _, text, thinking, _ in PARSE_CASES] + [(t, True) for n in (1, 3) for t in golden_turns(n)]
-IDS = [f"case{i}" for i in range(len(CORPUS))]
+IDS = [c[0] for c in PARSE_CASES] + [f"golden{n}_turn{i}" for n in (1, 3) for i in range(len(golden_turns(n)))]
 FRAGMENTS = [
     "a", "中", "😀", " ", "\n", "\n\n", "<", "</", ">", '"', "{", '{"q": 1}', "<think>", "</think>", "</thi",
     "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜DSML｜", "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>",

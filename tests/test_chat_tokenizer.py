@@ -3,6 +3,8 @@
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsv4.chat import StreamingDetokenizer, encode_messages, encode_messages_ids, load_tokenizer, tokenizer_json_path
 from dsv4.chat import tokens
@@ -122,3 +124,11 @@ def test_streaming_detokenizer_flush_marks_a_dangling_partial_character(tok):
     detok = StreamingDetokenizer(tok)
     assert detok.push(first_half_of_emoji) == ""
     assert detok.flush() == "\ufffd"
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(0, 129279), st.sampled_from([28927, 225, 30594, 3427])), max_size=12))
+def test_streaming_detokenizer_equals_decode_even_for_invalid_utf8(ids):
+    tok = load_tokenizer()
+    detok = StreamingDetokenizer(tok)
+    assert "".join(detok.push(t) for t in ids) + detok.flush() == tok.decode(ids)

@@ -12,6 +12,8 @@ duplicate `<think>` and stray `</think>` (dropped), BOS/EOS mid-stream
 (dropped; text after EOS is ignored), JSON written directly in `invoke`, a
 spurious `arguments` wrapper, the V3.2 `function_calls` wrapper name.
 Malformed markup is passed through as plain content, never raised.
+Reasoning and content are kept verbatim (no newline stripping), so the
+assistant turns the encoder renders parse back exactly.
 """
 
 from dataclasses import dataclass, field
