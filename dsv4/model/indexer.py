@@ -41,6 +41,22 @@ class Indexer(nn.Module):
         scores = torch.einsum("bshn,bsh->bsn", scores, w)                        # [B, S, N]
         visible = torch.arange(keys.shape[1], device=x.device) < ((pos + 1) // self.compressor.ratio)[..., None]
         scores = scores.masked_fill(~visible, float("-inf"))
-        k = min(self.topk, keys.shape[1])
-        top = scores.topk(k, dim=-1)
-        return torch.where(top.values > float("-inf"), top.indices, -1)
+        return stable_topk(scores, min(self.topk, keys.shape[1]))
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest finite scores per row, ties broken towards lower indices; -1 pads. [..., N] -> [..., k].
+
+    Exact ties are common (ReLU zeros), and torch.topk breaks them by memory layout, so prefill (many trailing
+    invisible entries) and decode (none) could pick different sets. Two O(N) top-k passes fix the order.
+    """
+    n = scores.shape[-1]
+    if k == 0:
+        return scores.new_zeros(*scores.shape[:-1], 0, dtype=torch.long)
+    kth = scores.topk(k, dim=-1).values[..., -1:]                          # the k-th largest value
+    above, tied = scores > kth, scores == kth
+    room = k - above.sum(-1, keepdim=True)                                 # tied slots still to fill
+    chosen = (above | (tied & (tied.cumsum(-1) <= room))) & (scores > float("-inf"))
+    rank = torch.where(chosen, n - torch.arange(n, device=scores.device), 0)  # unique keys: lower index first
+    top = rank.topk(k, dim=-1)
+    return torch.where(top.values > 0, top.indices, -1)
