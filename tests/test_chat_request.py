@@ -33,6 +33,7 @@ def bad_call(function: object) -> list[dict]:
         ([{"role": "user", "content": "q"}], {"thinking": True, "reasoning_effort": "ultra"}, "reasoning_effort"),
         ([{"role": "user", "content": "q"}], {"reasoning_effort": "extreme"}, "reasoning_effort"),
         ([{"role": "user", "content": "q"}], {"checkpoint": "DeepSeek-V4"}, "checkpoint"),
+        ([{"role": "user", "content": "q"}], {"checkpoint": "v4", "reasoning_effort": "none"}, "checkpoint"),
         ([{"role": "user", "content": "q"}], {"tools": {"f": {}}}, "tools"),
         ([{"role": "user", "content": "q"}], {"tools": [TOOL, {"type": "function"}]}, "tools[1]"),
         ([{"role": "user", "content": "q"}], {"response_format": "json"}, "response_format"),
@@ -55,9 +56,10 @@ def test_native_renderer_rejects_empty_developer_and_unknown_task():
         render_v4([{"role": "robot", "content": "q"}], thinking=False)
 
 
-def test_quick_instruction_tasks_are_unreachable_from_requests():
+def test_quick_instruction_tasks_and_message_tools_are_unreachable_from_requests():
     plain = encode_messages([{"role": "user", "content": "q"}])
     assert encode_messages([{"role": "user", "content": "q", "task": "action"}]) == plain
+    assert encode_messages([{"role": "system", "content": "", "tools": [TOOL]}, {"role": "user", "content": "q"}]) == plain
 
 
 def test_non_action_task_appends_its_token_directly():

@@ -6,6 +6,8 @@ Decisions where the reference encoder is silent or breaks (each tested):
   `tools` and `response_format` attach to it (an empty one is inserted if none),
   so the tools block follows the user's system prompt as in golden test 1.
   `response_format` of type `text` is the OpenAI default and renders nothing.
+  Tools come only from the request: a `tools` field on a message is ignored,
+  as are other non-OpenAI message fields (e.g. V4's internal `task`).
 * A system message after the conversation has started becomes a user turn:
   a trailing one then gets the assistant transition (instead of being glued to
   the user text with no `<｜Assistant｜>`), a mid-conversation one is marked.

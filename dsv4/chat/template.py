@@ -24,7 +24,8 @@ def render_messages(
     tools, response_format: request-level, attached to the leading system message.
     checkpoint: `preview` (April), `0731`, or an exact HF repository id.
     """
-    prefix = "" if reasoning_effort == "none" else ladder_for(checkpoint).prefix(reasoning_effort)
+    ladder = ladder_for(checkpoint)
+    prefix = "" if reasoning_effort == "none" else ladder.prefix(reasoning_effort)
     native = to_native(messages, tools=tools, response_format=response_format)
     return render_v4(native, thinking=thinking and reasoning_effort != "none", effort_prefix=prefix)
 
