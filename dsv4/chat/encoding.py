@@ -17,7 +17,7 @@ _RESPONSE_FORMAT = "## Response Format:\n\nYou MUST strictly adhere to the follo
 
 
 def render_v4(messages: list[dict], *, thinking: bool, effort_prefix: str = "", drop_thinking: bool = True) -> Prompt:
-    """Render native V4 `messages` after BOS.
+    """Render native V4 `messages` (string `content`, OpenAI-shaped `tool_calls`) after BOS.
 
     thinking: think mode (`<｜Assistant｜><think>`) vs chat mode (`</think>`).
     effort_prefix: text put right after BOS in think mode (see `effort.py`).
@@ -33,7 +33,7 @@ def render_v4(messages: list[dict], *, thinking: bool, effort_prefix: str = "", 
     if thinking:
         prompt.mark(effort_prefix)
     last_user = _last_user_index(turns)
-    for i, turn in enumerate(turns):
+    for i in range(len(turns)):
         keep_reasoning = keep_all or i > last_user
         prompt.extend(_render_turn(i, turns, thinking=thinking, keep_reasoning=keep_reasoning))
         prompt.extend(_transition(i, turns, thinking=thinking, opens_thinking=keep_all or i >= last_user))
