@@ -1,4 +1,5 @@
-"""`QuantLinear`: a drop-in for nn.Linear(in, out, bias=False) holding a quantized weight as buffers.
+"""`QuantLinear` / `QuantEmbedding`: drop-ins for nn.Linear(in, out, bias=False) / nn.Embedding holding a quantized
+weight as buffers.
 
 The forward never materialises the whole dequantized weight: it dequantizes `tile_rows` output rows at a time into
 the activation dtype and runs F.linear on that tile (the dequantized tile is exact in the codec's own rounding, so
@@ -9,46 +10,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codecs import Buffers, Rows, get_codec
+from .codecs import Rows, get_codec
 from .errors import QuantShapeError
 from .fp8 import act_quant_dequant
 
 TILE_ELEMS = 1 << 21  # dequantized elements per tile: 8 MiB in fp32, a few L2/L3-sized passes per layer
 
 
-class QuantLinear(nn.Module):
-    """y = x @ W.T with W [out_features, in_features] stored in format `fmt`. forward: x [..., in] -> [..., out] in x.dtype.
+class QuantWeight(nn.Module):
+    """A weight [rows, cols] held in format `fmt` as the codec's buffers, under the official checkpoint names:
+    `weight` (and `scale` for fp8/fp4). Base of QuantLinear and QuantEmbedding."""
 
-    Buffers are the codec's, under the official checkpoint names: `weight` (and `scale` for fp8/fp4).
-    """
-
-    def __init__(self, in_features: int, out_features: int, fmt: str, name: str = "weight"):
+    def __init__(self, cols: int, rows: int, fmt: str, name: str = "weight"):
         super().__init__()
         self.codec = get_codec(fmt)
-        if in_features % self.codec.block:
-            raise QuantShapeError(
-                f"{name}: in_features {in_features} is not a multiple of the {fmt} block size {self.codec.block}")
-        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
-        for key, (shape, dtype) in self.codec.specs(out_features, in_features).items():
+        if cols % self.codec.block:
+            raise QuantShapeError(f"{name}: input dim {cols} is not a multiple of the {fmt} block size {self.codec.block}")
+        self.fmt = fmt
+        for key, (shape, dtype) in self.codec.specs(rows, cols).items():
             self.register_buffer(key, torch.zeros(shape, dtype=dtype))
-        self.tile_rows = max(1, TILE_ELEMS // in_features)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, fmt: str, name: str = "weight") -> "QuantLinear":
-        """Quantize a float weight [out, in] (e.g. nn.Linear.weight) into a new module."""
+    def from_weight(cls, weight: torch.Tensor, fmt: str, name: str = "weight", **kwargs):
+        """Quantize a float weight [rows, cols] (an nn.Linear / nn.Embedding weight) into a new module."""
         if weight.dim() != 2:
-            raise QuantShapeError(f"{name}: expected a 2-D weight [out, in], found {tuple(weight.shape)}")
-        module = cls(weight.shape[1], weight.shape[0], fmt, name)
+            raise QuantShapeError(f"{name}: expected a 2-D weight, found shape {tuple(weight.shape)}")
+        module = cls(weight.shape[1], weight.shape[0], fmt, name, **kwargs)
         for key, value in module.codec.quantize(weight.detach(), name).items():
             getattr(module, key).copy_(value)
         return module
 
-    def quant_buffers(self) -> Buffers:
-        return {key: getattr(self, key) for key in self.codec.specs(1, self.codec.block)}
-
     def dequantize(self, rows: Rows = slice(None)) -> torch.Tensor:
-        """The dequantized weight rows `rows`: fp32 [r, in]. Whole-weight use is for tests and conversion only."""
-        return self.codec.dequantize(self.quant_buffers(), rows)
+        """Dequantized rows `rows` (slice or index tensor): fp32 [r, cols]. Whole-weight use is for tests and conversion."""
+        bufs = {key: getattr(self, key) for key in self.codec.specs(1, self.codec.block)}
+        return self.codec.dequantize(bufs, rows)
+
+
+class QuantLinear(QuantWeight):
+    """Drop-in for nn.Linear(in_features, out_features, bias=False): forward x [..., in] -> x @ W.T [..., out] in x.dtype."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: str, name: str = "weight"):
+        super().__init__(in_features, out_features, fmt, name)
+        self.in_features, self.out_features = in_features, out_features
+        self.tile_rows = max(1, TILE_ELEMS // in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -63,3 +67,20 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}"
+
+
+class QuantEmbedding(QuantWeight):
+    """Drop-in for nn.Embedding(num_embeddings, embedding_dim): forward ids [...] -> [..., dim] in `dtype`,
+    dequantizing only the looked-up rows."""
+
+    def __init__(self, embedding_dim: int, num_embeddings: int, fmt: str, name: str = "weight",
+                 dtype: torch.dtype = torch.bfloat16):
+        super().__init__(embedding_dim, num_embeddings, fmt, name)
+        self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.dequantize(ids.reshape(-1))
+        return rows.reshape(*ids.shape, self.embedding_dim).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, fmt={self.fmt}"

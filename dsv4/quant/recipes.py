@@ -1,0 +1,61 @@
+"""Named quantization recipes: the weight format of each tensor group, in the spirit of llama.cpp's mixes.
+
+Groups (see `transform.GROUP_PATTERNS`): attention (incl. indexer wq_b and MTP e/h_proj), shared_expert,
+routed_expert, embed, head. The small sensitive tensors (norms, mHC, attn_sink, router, compressor, indexer
+weights_proj) are in no group: every recipe keeps them at the precision the model built them in (spec section 1.4).
+As in llama.cpp's MoE handling, the K-quant mixes spend more bits on the always-active, small tensors (attention,
+shared expert, head) and the nominal type on the routed experts, which hold ~95% of the weights.
+"""
+from dataclasses import dataclass, fields
+
+from .codecs import FORMATS, bytes_per_weight
+from .errors import UnknownFormatError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Format of each quantizable group; every value must be one of `codecs.FORMATS`."""
+
+    name: str
+    attention: str
+    shared_expert: str
+    routed_expert: str
+    embed: str
+    head: str
+
+    def __post_init__(self):
+        for group in GROUPS:
+            fmt = getattr(self, group)
+            if fmt not in FORMATS:
+                raise UnknownFormatError(f"recipe {self.name}: group {group} has unknown format {fmt!r}; "
+                                         f"valid formats: {', '.join(FORMATS)}")
+
+    def format_of(self, group: str) -> str:
+        if group not in GROUPS:
+            raise UnknownFormatError(f"recipe {self.name}: unknown group {group!r}; groups: {', '.join(GROUPS)}")
+        return getattr(self, group)
+
+    def bytes_per_weight(self, group: str) -> float:
+        """Storage bytes per weight of `group` under this recipe (for the memory planner)."""
+        return bytes_per_weight(self.format_of(group))
+
+
+GROUPS = tuple(f.name for f in fields(Recipe) if f.name != "name")
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("BF16", "bf16", "bf16", "bf16", "bf16", "bf16"),
+    Recipe("FP8", "fp8", "fp8", "fp8", "bf16", "bf16"),  # the -Base "FP8 mixed" layout
+    Recipe("FP4", "fp8", "fp8", "fp4", "bf16", "bf16"),  # the official instruct release
+    Recipe("Q8_0", "q8_0", "q8_0", "q8_0", "q8_0", "q8_0"),
+    Recipe("Q6_K", "q6_k", "q6_k", "q6_k", "q6_k", "q6_k"),
+    Recipe("Q5_K_M", "q6_k", "q6_k", "q5_k", "q5_k", "q6_k"),
+    Recipe("Q4_K_M", "q6_k", "q6_k", "q4_k", "q4_k", "q6_k"),
+    Recipe("Q3_K_M", "q4_k", "q5_k", "q3_k", "q3_k", "q6_k"),
+    Recipe("Q2_K", "q4_k", "q3_k", "q2_k", "q2_k", "q6_k"),
+]}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name` (exact, case-sensitive), or UnknownFormatError listing the valid names."""
+    if name not in RECIPES:
+        raise UnknownFormatError(f"unknown quantization recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
