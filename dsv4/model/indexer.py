@@ -12,6 +12,7 @@ from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.qat import simulate_fp4_indexer
 from dsv4.model.rope import apply_rope
+from dsv4.model.sparse_attention import QUERY_CHUNK
 
 
 class Indexer(nn.Module):
@@ -37,11 +38,18 @@ class Indexer(nn.Module):
         q = self.wq_b(qr).view(B, S, self.n_heads, self.head_dim)
         q = self._finish(apply_rope(q, pos, freqs))
         w = self.weights_proj(x).float() * self.scale                            # [B, S, H_I]
+        limit = (pos + 1) // self.compressor.ratio                               # [B, S] visible entry count
+        k = min(self.topk, keys.shape[1])
+        return torch.cat([self._select(q[:, c:c + QUERY_CHUNK], w[:, c:c + QUERY_CHUNK], keys,
+                                       limit[:, c:c + QUERY_CHUNK], k) for c in range(0, S, QUERY_CHUNK)], dim=1)
+
+    @staticmethod
+    def _select(q, w, keys, limit, k: int) -> torch.Tensor:
+        """One query chunk: q [B, C, H, d], w [B, C, H], keys [B, N, d], limit [B, C] -> [B, C, k]."""
         scores = torch.einsum("bshd,bnd->bshn", q.float(), keys.float()).relu()
-        scores = torch.einsum("bshn,bsh->bsn", scores, w)                        # [B, S, N]
-        visible = torch.arange(keys.shape[1], device=x.device) < ((pos + 1) // self.compressor.ratio)[..., None]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        return stable_topk(scores, min(self.topk, keys.shape[1]))
+        scores = torch.einsum("bshn,bsh->bsn", scores, w)                        # [B, C, N]
+        visible = torch.arange(keys.shape[1], device=q.device) < limit[..., None]
+        return stable_topk(scores.masked_fill(~visible, float("-inf")), k)
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
