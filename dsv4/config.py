@@ -90,8 +90,11 @@ class ModelConfig:
         _require(self.scoring_func == "sqrtsoftplus", "scoring_func", f"only sqrtsoftplus, found {self.scoring_func!r}")
         _require(self.num_hash_layers <= self.num_hidden_layers, "num_hash_layers", "more hash layers than layers")
         _require(self.hc_mult >= 1 and self.hc_sinkhorn_iters >= 1, "hc_mult", "hc_mult and sinkhorn iters must be >= 1")
-        if self.simulate_quant:
-            _require(_is_pow2(self.index_head_dim), "index_head_dim", "the Hadamard rotation needs a power of two")
+        if self.simulate_quant:  # the QAT simulation rounds KV in blocks of 64 and indexer vectors in blocks of 32
+            _require(_is_pow2(self.index_head_dim) and self.index_head_dim % 32 == 0, "index_head_dim",
+                     f"simulate_quant needs a power of two >= 32, found {self.index_head_dim}")
+            _require((self.head_dim - self.qk_rope_head_dim) % 64 == 0, "head_dim",
+                     f"simulate_quant needs head_dim - qk_rope_head_dim divisible by 64, found {self.head_dim}")
 
     # ---- derived values -------------------------------------------------------------------------------------
     def layer_kind(self, layer_id: int) -> str:
