@@ -1,4 +1,5 @@
-"""Bit-level helpers shared by the packed codecs (GGUF blocks, FP4 nibbles): bit-field packing, fp16 fields, C-style rounding.
+"""Helpers shared by the packed codecs (GGUF blocks, FP4 nibbles): bit-field packing, fp16 fields, C-style rounding,
+block splitting.
 
 Every GGUF layout stores small unsigned codes so that byte `c*width + l` of a packed run holds the codes
 q[c*g*width + j*width + l] at bit offset j*bits, for j < g = 8/bits. `pack_bits` / `unpack_bits` express
@@ -47,6 +48,17 @@ def round_half_away(v: torch.Tensor) -> torch.Tensor:
 def nearest_int(v: torch.Tensor) -> torch.Tensor:
     """ggml's `nearest_int` (the 1.5*2^23 magic-number trick) is round-half-to-even for |v| < 2^22; so is torch.round."""
     return torch.round(v)
+
+
+def safe_inverse(d: torch.Tensor) -> torch.Tensor:
+    """1/d, and 0 where d == 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
+    zero = d == 0
+    return torch.where(zero, torch.zeros_like(d), 1 / torch.where(zero, torch.ones_like(d), d))
+
+
+def signed_absmax(x: torch.Tensor) -> torch.Tensor:
+    """Per row, the value of largest magnitude with its sign (the first one on ties, as ggml's strict `>` scan): [g, n] -> [g, 1]."""
+    return x.gather(1, x.abs().argmax(1, keepdim=True))
 
 
 def split_blocks(x: torch.Tensor, block: int, fmt: str) -> torch.Tensor:

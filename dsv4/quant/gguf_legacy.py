@@ -6,22 +6,13 @@ All functions: blocks fp32 [nb, 32] <-> bytes uint8 [nb, type_size].
 """
 import torch
 
-from .bitpack import f16_bytes, f16_value, pack_bits, round_half_away, unpack_bits
-
-
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    """1/d with 0 for d == 0, as ggml's `id = d ? 1.0f/d : 0.0f`."""
-    return torch.where(d == 0, torch.zeros_like(d), 1 / torch.where(d == 0, torch.ones_like(d), d))
-
-
-def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
-    """The value of largest magnitude per row (first one on ties), with its sign: [nb, n] -> [nb, 1]."""
-    return x.gather(1, x.abs().argmax(1, keepdim=True))
+from .bitpack import f16_bytes, f16_value, pack_bits, round_half_away, safe_inverse, signed_absmax,
+                      unpack_bits
 
 
 def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
     d = x.abs().amax(1, keepdim=True) / 127
-    q = round_half_away(x * _inverse(d)).to(torch.int8).view(torch.uint8)
+    q = round_half_away(x * safe_inverse(d)).to(torch.int8).view(torch.uint8)
     return torch.cat([f16_bytes(d), q], 1)
 
 
@@ -32,8 +23,8 @@ def dequantize_q8_0(b: torch.Tensor) -> torch.Tensor:
 def _symmetric_codes(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_0/Q5_0 rule: d = signed absmax / -(levels/2), codes = min(levels-1, trunc(x/d + levels/2 + 0.5))."""
     half = levels // 2
-    d = _signed_absmax(x) / -half
-    q = torch.trunc(x * _inverse(d) + (half + 0.5)).clamp(max=levels - 1)
+    d = signed_absmax(x) / -half
+    q = torch.trunc(x * safe_inverse(d) + (half + 0.5)).clamp(max=levels - 1)
     return d, q.to(torch.uint8)
 
 

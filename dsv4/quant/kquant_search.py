@@ -12,7 +12,7 @@ near-tie can rarely resolve differently from the C loop. All take x [g, n] fp32 
 """
 import torch
 
-from .bitpack import nearest_int
+from .bitpack import nearest_int, signed_absmax
 
 GROUP_MAX_EPS = 1e-15
 
@@ -22,9 +22,9 @@ def f32(v: float) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.float32)
 
 
-def signed_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group: the value of largest magnitude (first on ties) [g], and a mask of all-(near-)zero groups [g]."""
-    m = x.gather(1, x.abs().argmax(1, keepdim=True)).squeeze(1)
+def absmax_or_zero(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group: the signed value of largest magnitude [g], and a mask of all-(near-)zero groups [g]."""
+    m = signed_absmax(x).squeeze(1)
     return m, m.abs() < GROUP_MAX_EPS
 
 
@@ -73,7 +73,7 @@ def _symmetric_levels(x, iscale, nmax: int):
 
 def fit_symmetric(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """make_qx_quants(rmse_type=1). x [g, n] -> scale [g] (signed), levels [g, n] in [0, 2 nmax) (fp32 integers)."""
-    m, zero = signed_absmax(x)
+    m, zero = absmax_or_zero(x)
     m = torch.where(zero, torch.ones_like(m), m)
     l, sumlx, suml2 = _symmetric_levels(x, -nmax / m, nmax)
     scale = torch.where(suml2 != 0, sumlx / suml2, torch.zeros_like(sumlx))
@@ -92,7 +92,7 @@ def fit_symmetric_refined(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, tor
 
     A group whose sweep changes nothing stays unchanged in later sweeps, so running all 5 equals the C early exit.
     """
-    m, zero = signed_absmax(x)
+    m, zero = absmax_or_zero(x)
     m = torch.where(zero, torch.ones_like(m), m)
     l, sumlx, suml2 = _symmetric_levels(x, -nmax / m, nmax)
     w = x * x

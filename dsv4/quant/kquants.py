@@ -12,8 +12,8 @@ Layouts in bytes (functions map blocks fp32 [nb, 256] <-> uint8 [nb, type_size])
 """
 import torch
 
-from .bitpack import f16_bytes, f16_value, nearest_int, pack_bits, unpack_bits
-from .kquant_search import fit_affine, fit_symmetric, fit_symmetric_refined, signed_absmax
+from .bitpack import f16_bytes, f16_value, nearest_int, pack_bits, safe_inverse, unpack_bits
+from .kquant_search import fit_affine, fit_symmetric, fit_symmetric_refined, absmax_or_zero
 
 QK_K = 256
 
@@ -114,10 +114,10 @@ def dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:
 
 def _signed_scale_codes(scales: torch.Tensor, top_code: float, lo: int, hi: int):
     """Q3_K/Q6_K: codes round(-top_code / s_max * s) in [lo, hi] and d = fp16(s_max / -top_code); s_max = signed absmax."""
-    s_max, zero = signed_absmax(scales)
+    s_max, zero = absmax_or_zero(scales)
     iscale = torch.where(zero, torch.zeros_like(s_max), -top_code / torch.where(zero, torch.ones_like(s_max), s_max))
     codes = nearest_int(iscale[:, None] * scales).clamp(lo, hi)
-    d = torch.where(zero, torch.zeros_like(iscale), 1 / torch.where(zero, torch.ones_like(iscale), iscale))
+    d = safe_inverse(iscale)
     return codes, d.to(torch.float16), zero
 
 
