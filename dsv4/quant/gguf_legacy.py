@@ -6,8 +6,7 @@ All functions: blocks fp32 [nb, 32] <-> bytes uint8 [nb, type_size].
 """
 import torch
 
-from .bitpack import f16_bytes, f16_value, pack_bits, round_half_away, safe_inverse, signed_absmax,
-                      unpack_bits
+from .bitpack import f16_bytes, f16_value, pack_bits, round_half_away, safe_inverse, signed_absmax, unpack_bits
 
 
 def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
