@@ -1,7 +1,7 @@
 """The scale searches behind llama.cpp's K-quants, vectorised over groups (one Python loop per candidate, never per block).
 
-Re-stated from ggml-quants.c (reference, non-imatrix paths); sums are fp32 but reduced in torch's order, so a
-near-tie can rarely resolve differently from the C loop. All take x [g, n] fp32 and work on each row (group) alone.
+Re-stated from ggml-quants.c (reference, non-imatrix paths). Sums run left to right in fp32 (`seq_sum`) like the C
+loops, so near-ties between candidate grids resolve the same way. All take x [g, n] fp32, each row (group) alone.
 - `fit_affine` (make_qkx2_quants): x ~ scale * L + min with min <= 0 and L in [0, nmax]. Start from the plain
   min/max grid, then try nstep+1 stretched grids (nmax + rmin + i*rdelta levels over the range); for each,
   solve weighted least squares for (scale, min) on the chosen levels and keep the lowest weighted error.
@@ -28,9 +28,18 @@ def absmax_or_zero(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m, m.abs() < GROUP_MAX_EPS
 
 
+def seq_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of t [g, n] along n, strictly left to right in fp32 (the C loop's rounding): [g]."""
+    cols = t.T.contiguous()  # [n, g]: each step is one contiguous vector add
+    acc = cols[0].clone()
+    for col in cols[1:]:
+        acc += col
+    return acc
+
+
 def _weighted_error(w, x, scale, mn, levels, use_mad: bool) -> torch.Tensor:
     diff = scale[:, None] * levels + mn[:, None] - x
-    return (w * (diff.abs() if use_mad else diff * diff)).sum(1)
+    return seq_sum(w * (diff.abs() if use_mad else diff * diff))
 
 
 def fit_affine(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool):
@@ -39,17 +48,17 @@ def fit_affine(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad:
     span = x.amax(1) - mn
     flat = span == 0
     span = torch.where(flat, torch.ones_like(span), span)
-    sum_w, sum_x = w.sum(1), (w * x).sum(1)
+    sum_w, sum_x = seq_sum(w), seq_sum(w * x)
 
     def levels(iscale):
         return nearest_int(iscale[:, None] * (x - mn[:, None])).clamp(0, nmax)
 
-    iscale = nmax / span
+    iscale = f32(nmax) / span  # a Python scalar numerator would divide as reciprocal-times (one extra rounding)
     scale, best_min, best_l = 1 / iscale, mn, levels(iscale)
     best = _weighted_error(w, x, scale, mn, best_l, use_mad)
     for i in range(nstep + 1):
         cand = levels((f32(rmin) + f32(rdelta) * i + nmax) / span)
-        sum_l, sum_l2, sum_xl = (w * cand).sum(1), (w * cand * cand).sum(1), (w * cand * x).sum(1)
+        sum_l, sum_l2, sum_xl = seq_sum(w * cand), seq_sum(w * cand * cand), seq_sum(w * cand * x)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
@@ -68,14 +77,14 @@ def fit_affine(x, w, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad:
 def _symmetric_levels(x, iscale, nmax: int):
     l = nearest_int(iscale[:, None] * x).clamp(-nmax, nmax - 1)
     w = x * x
-    return l, (w * x * l).sum(1), (w * l * l).sum(1)
+    return l, seq_sum(w * x * l), seq_sum(w * l * l)
 
 
 def fit_symmetric(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """make_qx_quants(rmse_type=1). x [g, n] -> scale [g] (signed), levels [g, n] in [0, 2 nmax) (fp32 integers)."""
     m, zero = absmax_or_zero(x)
     m = torch.where(zero, torch.ones_like(m), m)
-    l, sumlx, suml2 = _symmetric_levels(x, -nmax / m, nmax)
+    l, sumlx, suml2 = _symmetric_levels(x, f32(-nmax) / m, nmax)
     scale = torch.where(suml2 != 0, sumlx / suml2, torch.zeros_like(sumlx))
     best = scale * sumlx
     for i in [i for i in range(-9, 10) if i != 0]:
@@ -94,7 +103,7 @@ def fit_symmetric_refined(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, tor
     """
     m, zero = absmax_or_zero(x)
     m = torch.where(zero, torch.ones_like(m), m)
-    l, sumlx, suml2 = _symmetric_levels(x, -nmax / m, nmax)
+    l, sumlx, suml2 = _symmetric_levels(x, f32(-nmax) / m, nmax)
     w = x * x
     for _ in range(5):
         for i in range(x.shape[1]):

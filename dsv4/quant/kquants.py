@@ -13,7 +13,7 @@ Layouts in bytes (functions map blocks fp32 [nb, 256] <-> uint8 [nb, type_size])
 import torch
 
 from .bitpack import f16_bytes, f16_value, nearest_int, pack_bits, safe_inverse, unpack_bits
-from .kquant_search import fit_affine, fit_symmetric, fit_symmetric_refined, absmax_or_zero
+from .kquant_search import absmax_or_zero, f32, fit_affine, fit_symmetric, fit_symmetric_refined, seq_sum
 
 QK_K = 256
 
@@ -21,7 +21,7 @@ QK_K = 256
 def _scale_codes(s: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize non-negative sub-block scales s [nb, m] to codes in [0, qmax] under d = max(s) / qmax (0 if all 0)."""
     top = s.amax(1, keepdim=True)
-    inv = torch.where(top > 0, qmax / top, torch.zeros_like(top))
+    inv = torch.where(top > 0, f32(qmax) / top, torch.zeros_like(top))
     return nearest_int(inv * s).clamp(max=qmax), top / qmax
 
 
@@ -62,7 +62,7 @@ def _fit_affine_superblock(x: torch.Tensor, sub: int, nmax: int, weights, search
 
 def _weights_q45(xs: torch.Tensor) -> torch.Tensor:
     """Q4_K/Q5_K error weights: rms of the sub-block plus |x|."""
-    return (xs * xs).sum(1, keepdim=True).div(xs.shape[1]).sqrt() + xs.abs()
+    return (seq_sum(xs * xs) / xs.shape[1]).sqrt()[:, None] + xs.abs()
 
 
 def quantize_q2_k(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:
 def _signed_scale_codes(scales: torch.Tensor, top_code: float, lo: int, hi: int):
     """Q3_K/Q6_K: codes round(-top_code / s_max * s) in [lo, hi] and d = fp16(s_max / -top_code); s_max = signed absmax."""
     s_max, zero = absmax_or_zero(scales)
-    iscale = torch.where(zero, torch.zeros_like(s_max), -top_code / torch.where(zero, torch.ones_like(s_max), s_max))
+    iscale = torch.where(zero, torch.zeros_like(s_max), f32(-top_code) / torch.where(zero, torch.ones_like(s_max), s_max))
     codes = nearest_int(iscale[:, None] * scales).clamp(lo, hi)
     d = safe_inverse(iscale)
     return codes, d.to(torch.float16), zero
