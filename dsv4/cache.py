@@ -160,3 +160,50 @@ def expected_nbytes(cfg: ModelConfig, tokens: int, batch_size: int = 1, itemsize
         for dim, c in dims:
             total += 2 * (c * m) * (c * dim) * 4 + (tokens // m) * dim * itemsize
     return total * batch_size
+
+
+# ---- row operations: the engine keeps one cache per sequence and stacks running ones into a decode batch ----
+
+def _map_layer(layer: LayerCache, fn) -> LayerCache:
+    """Apply fn to every tensor of a layer cache (window, compressor states and entries)."""
+    def comp(c: CompressorCache | None) -> CompressorCache | None:
+        if c is None:
+            return None
+        # fn is applied in `_layer_tensors` order (stack_caches relies on it)
+        cur = [fn(c.cur_kv), fn(c.cur_score)]
+        prev = [None if t is None else fn(t) for t in (c.prev_kv, c.prev_score)]
+        return CompressorCache(c.ratio, c.overlap, *cur, *prev, fn(c.entries))
+
+    return LayerCache(fn(layer.window), comp(layer.compressor), comp(layer.indexer))
+
+
+def select_rows(cache: ModelCache, rows: list[int]) -> ModelCache:
+    """A new cache holding copies of the given batch rows, in that order ([B, ...] -> [len(rows), ...])."""
+    index = torch.tensor(rows, dtype=torch.long, device=cache.pos.device)
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, index)
+
+    return ModelCache([_map_layer(l, take) for l in cache.layers], [_map_layer(l, take) for l in cache.mtp],
+                      take(cache.pos))
+
+
+def stack_caches(caches: list[ModelCache]) -> ModelCache:
+    """One cache whose rows are the rows of `caches` in order; compressed-entry storage is padded to the largest."""
+    if not caches:
+        raise ValueError("stack_caches: expected at least one cache, found none")
+    layers = [_stack_layers(group) for group in zip(*(c.layers for c in caches), strict=True)]
+    mtp = [_stack_layers(group) for group in zip(*(c.mtp for c in caches), strict=True)]
+    return ModelCache(layers, mtp, torch.cat([c.pos for c in caches]))
+
+
+def _stack_layers(group: tuple[LayerCache, ...]) -> LayerCache:
+    tensors = [_layer_tensors(layer) for layer in group]
+    joined = iter([_cat_padded(parts) for parts in zip(*tensors, strict=True)])
+    return _map_layer(group[0], lambda _: next(joined))
+
+
+def _cat_padded(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Concatenate [b, n, D] tensors along rows; n differs only for compressed entries (capacity): zero-pad."""
+    width = max(t.shape[1] for t in parts)
+    return torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in parts])

@@ -1,0 +1,140 @@
+"""The engine: continuous batching over sequences, one `step()` at a time (synchronous; see `loop.py`).
+
+Each step the scheduler admits waiting requests, feeds prompt chunks (chunked prefill) and advances every
+decoding sequence by one token in one batched forward, or, with speculative decoding, by up to two tokens per
+sequence (MTP draft + verification, `speculative.py`). Finished and cancelled sequences leave between steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsv4.engine.batch_cache import BatchCache
+from dsv4.engine.errors import ContextLengthError, EngineError
+from dsv4.engine.params import SamplingParams
+from dsv4.engine.prefix_cache import PrefixCache
+from dsv4.engine.runner import Runner
+from dsv4.engine.sampler import sample
+from dsv4.engine.scheduler import Scheduler
+from dsv4.engine.sequence import Sequence, State, TokenEvent
+from dsv4.engine.speculative import SpeculativeDecoder
+from dsv4.model.transformer import Transformer
+
+
+@dataclass
+class EngineConfig:
+    """Limits and switches. prefix_cache_bytes 0 turns prefix reuse off; speculative needs MTP weights."""
+
+    max_running: int = 16
+    max_waiting: int = 64
+    prefill_chunk: int = 256
+    speculative: bool = False
+    prefix_cache_bytes: int = 256 << 20
+    eos_ids: frozenset[int] = field(default_factory=lambda: frozenset({1}))
+
+
+class Engine:
+    """add() requests, step() until they finish, cancel() any time. Not thread-safe: drive it from one thread."""
+
+    def __init__(self, model: Transformer, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.runner = Runner(model)
+        self.context = model.cfg.max_position_embeddings
+        self.scheduler = Scheduler(self.config.max_running, self.config.max_waiting, self.config.prefill_chunk)
+        self.spec = SpeculativeDecoder(self.runner, self._choose) if self.config.speculative else None
+        lookahead = 1 if self.spec else 0
+        self.prefix = PrefixCache(self.config.prefix_cache_bytes, lookahead) if self.config.prefix_cache_bytes else None
+        self.batch = BatchCache()
+        self.sequences: dict[int, Sequence] = {}
+
+    def add(self, prompt: list[int], params: SamplingParams, in_reasoning: bool = False) -> Sequence:
+        """Queue a request. in_reasoning: the prompt opened a think block (for the reasoning budget)."""
+        if not prompt:
+            raise EngineError("prompt: expected at least one token, found none")
+        if len(prompt) >= self.context:
+            raise ContextLengthError(len(prompt), self.context)
+        seq = Sequence(list(prompt), params, in_reasoning=in_reasoning)
+        self.scheduler.add(seq)
+        self.sequences[seq.seq_id] = seq
+        return seq
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def cancel(self, seq_id: int) -> TokenEvent | None:
+        """Stop a sequence now and free its cache; None if it already finished."""
+        seq = self.sequences.get(seq_id)
+        if seq is None:
+            return None
+        self._finish(seq, "cancelled", store=False)
+        return TokenEvent(seq_id, None, finish_reason="cancelled")
+
+    def step(self) -> list[TokenEvent]:
+        """Run one scheduling step; return the tokens it produced (in no particular sequence order)."""
+        plan = self.scheduler.schedule()
+        events = []
+        for seq, n in plan.prefill:
+            events += self._prefill(seq, n)
+        if plan.decode and self.spec:
+            for seq in plan.decode:
+                events += self._finish_last(seq, self.spec.step(seq))
+        elif plan.decode:
+            events += self._decode(plan.decode)
+        return events
+
+    def _prefill(self, seq: Sequence, n: int) -> list[TokenEvent]:
+        """Feed the next n prompt tokens; after the last one, sample the first output token."""
+        if seq.cache is None:
+            seq.cache = (self.prefix.lookup(seq.prompt) if self.prefix else None) or self.runner.new_cache()
+            seq.num_cached = seq.cached_prompt = int(seq.cache.pos[0])
+            n = min(n, seq.prefill_remaining)
+        lo, hi, last = seq.num_cached, seq.num_cached + n, len(seq.prompt) - 1
+        if self.prefix is not None and lo < last < hi:
+            self._feed_prompt(seq, lo, last)  # stop before the last token: that prefix is what later turns share
+            lo = last
+        X, logits = self._feed_prompt(seq, lo, hi)
+        if hi < len(seq.prompt):
+            return []
+        seq.state = State.DECODE
+        event = self._choose(seq, logits[0])
+        if self.spec and event.finish_reason is None:
+            seq.draft = self.runner.draft(X, [seq.prompt[lo + 1:] + [event.token]], seq.cache)[0]
+        return self._finish_last(seq, [event])
+
+    def _feed_prompt(self, seq: Sequence, lo: int, hi: int):
+        """Prompt positions lo..hi-1 into the sequence's cache; with MTP, its rows too where the next id is known."""
+        X, logits = self.runner.forward([seq.prompt[lo:hi]], seq.cache)
+        seq.num_cached = hi
+        if self.spec and hi < len(seq.prompt):
+            self.runner.draft(X, [seq.prompt[lo + 1:hi + 1]], seq.cache)
+        if self.prefix is not None and hi == len(seq.prompt) - 1:
+            self.prefix.store(seq.prompt, seq.cache)
+        return X, logits
+
+    def _decode(self, seqs: list[Sequence]) -> list[TokenEvent]:
+        cache, order = self.batch.assemble(seqs)
+        _, logits = self.runner.forward([[s.output[-1]] for s in order], cache)
+        events = [self._choose(s, logits[i]) for i, s in enumerate(order)]
+        for s, e in zip(order, events):
+            self._finish_last(s, [e])
+        return events
+
+    def _choose(self, seq: Sequence, logits) -> TokenEvent:
+        """Sample and record one token from logits [V]; the event carries the finish reason it causes."""
+        s = sample(logits, seq.params, seq.generator, seq.prompt, seq.output, forced=seq.forced_token())
+        reason = seq.append(s.token, self.config.eos_ids, self.context)
+        return TokenEvent(seq.seq_id, s.token, s.logprob, s.top_logprobs, reason)
+
+    def _finish_last(self, seq: Sequence, events: list[TokenEvent]) -> list[TokenEvent]:
+        if events and events[-1].finish_reason is not None:
+            self._finish(seq, events[-1].finish_reason)
+        return events
+
+    def _finish(self, seq: Sequence, reason: str, store: bool = True) -> None:
+        """Leave the scheduler and release the cache at once (a copy goes to the prefix cache if kept)."""
+        self.scheduler.remove(seq)
+        self.sequences.pop(seq.seq_id, None)
+        seq.finish_reason = reason
+        row = self.batch.remove(seq.seq_id) or seq.cache
+        seq.cache = None
+        if store and row is not None and self.prefix is not None:
+            self.prefix.store(seq.tokens, row)

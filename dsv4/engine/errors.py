@@ -1,0 +1,32 @@
+"""Typed errors of the engine; the server maps each to an HTTP status."""
+
+
+class EngineError(ValueError):
+    """Base of the engine's request errors."""
+
+
+class SamplingError(EngineError):
+    """A sampling parameter outside its range; `field` names it."""
+
+    def __init__(self, field: str, expected: str, found: object):
+        self.field = field
+        super().__init__(f"{field}: expected {expected}, found {found!r}")
+
+
+class ContextLengthError(EngineError):
+    """The prompt does not fit the model's context window."""
+
+    def __init__(self, prompt_tokens: int, context: int):
+        super().__init__(f"prompt has {prompt_tokens} tokens; the model's context holds {context} "
+                         f"(and at least one token must be generated)")
+
+
+class QueueFullError(EngineError):
+    """The engine's waiting queue is at capacity; retry later."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the request queue is full ({limit} waiting); retry later")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model at the given path (or no bundled demo model yet)."""
