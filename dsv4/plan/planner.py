@@ -1,17 +1,19 @@
 """`make_plan`: weights, KV cache, the split over device / RAM / disk and the decode speed of one configuration.
 
-Assumptions (stated in every plan): routing is uniform, so every expert is equally hot and a step with b
-sequences touches each expert of a layer with probability 1 - (1 - k/E)^b; decode is bandwidth bound, every
+Assumptions (listed in every plan, `ASSUMPTIONS`): routing is uniform, so every expert is equally hot and a step
+with b sequences touches each expert of a layer with probability 1 - (1 - k/E)^b; decode is bandwidth bound: every
 stored byte a step needs is read once from the tier holding it (experts in RAM are computed by the CPU there,
-experts on disk are read from it on each use); bandwidths are peak, so speeds are upper bounds; the MTP block
-is not loaded.
+experts on disk are read from it on each use); bandwidths are peak, so speeds are upper bounds; the MTP block is
+not loaded.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from dsv4.config import ModelConfig
 from dsv4.model.counts import ParamCounts, parameter_counts
+from dsv4.presets import PRESETS
 from dsv4.quant.recipes import Recipe
 
 from .errors import PlanError
@@ -20,9 +22,23 @@ from .placement import Item, Split, place
 from .system import System
 from .weights import TensorInfo, WeightBytes, tensor_inventory, weight_bytes
 
-ASSUMPTIONS = ("uniform routing: every expert equally hot", "bandwidth bound at peak bandwidth: an upper bound",
-               "experts off the device are computed where they are stored (RAM) or read on use (disk)",
-               "MTP block not loaded", "embedding rows read on use")
+ASSUMPTIONS = ("uniform routing: every expert equally hot",
+               "decode bound by memory bandwidth, at peak bandwidth: speeds are upper bounds",
+               "experts in RAM are computed by the CPU, experts on disk are read on each use",
+               "MTP block not loaded; embedding rows read on use")
+
+
+def resolve_config(spec: str) -> ModelConfig:
+    """A preset name (`flash`, `pro`, `tiny`...), a config.json, or a checkpoint directory holding one."""
+    if spec in PRESETS:
+        return ModelConfig.preset(spec)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise PlanError(f"unknown config {spec!r}: not a preset ({', '.join(PRESETS)}), a config.json "
+                        f"or a checkpoint directory with one")
+    return ModelConfig.from_file(path)
 
 
 @dataclass(frozen=True)
@@ -33,9 +49,30 @@ class ModelFacts:
     params: ParamCounts
     inventory: list[TensorInfo]
 
+    def weights(self, recipe: Recipe) -> WeightBytes:
+        return weight_bytes(self.cfg, recipe, self.inventory)
+
 
 def model_facts(cfg: ModelConfig) -> ModelFacts:
     return ModelFacts(cfg, parameter_counts(cfg), tensor_inventory(cfg))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """`batch` sequences decoding at position `context`, their cache entries stored as `kv_dtype`."""
+
+    context: int
+    batch: int = 1
+    kv_dtype: str = "bf16"
+
+    def check(self, cfg: ModelConfig) -> None:
+        if not 1 <= self.context <= cfg.max_position_embeddings:
+            raise PlanError(f"context {self.context:,} is out of range: must be 1 .. "
+                            f"{cfg.max_position_embeddings:,} (max_position_embeddings)")
+        if self.batch < 1:
+            raise PlanError(f"batch size must be >= 1, found {self.batch}")
+        if self.kv_dtype not in KV_ITEMSIZE:
+            raise PlanError(f"unknown KV dtype {self.kv_dtype!r}; valid: {', '.join(KV_ITEMSIZE)}")
 
 
 @dataclass(frozen=True)
@@ -44,13 +81,11 @@ class Plan:
 
     facts: ModelFacts
     weights: WeightBytes
-    context: int
-    batch: int
-    kv_dtype: str
+    workload: Workload
+    system: System
     kv_bytes: int
     kv_bytes_per_token: float
     kv_read: int
-    system: System
     fits: bool
     split: Split
 
@@ -58,39 +93,27 @@ class Plan:
     def active_weight_bytes(self) -> int:
         """Weight bytes one token reads: dense weights, k experts per layer and one embedding row."""
         cfg = self.facts.cfg
-        return self.weights.dense + cfg.num_hidden_layers * cfg.num_experts_per_tok * self.weights.expert \
-            + self.weights.embed_row
+        routed = cfg.num_hidden_layers * cfg.num_experts_per_tok * self.weights.expert
+        return self.weights.dense + routed + self.weights.embed_row
 
     @property
     def decode_tokens_per_s(self) -> float | None:
         """Tokens per second over the whole batch; None when the split cannot run."""
-        return self.batch / self.split.step_seconds if self.split.runs else None
+        return self.workload.batch / self.split.step_seconds if self.split.runs else None
 
 
-def check_request(cfg: ModelConfig, context: int, batch: int, kv_dtype: str) -> None:
-    if not 1 <= context <= cfg.max_position_embeddings:
-        raise PlanError(f"context {context:,} is out of range: must be 1 .. {cfg.max_position_embeddings:,} "
-                        f"(max_position_embeddings)")
-    if batch < 1:
-        raise PlanError(f"batch size must be >= 1, found {batch}")
-    if kv_dtype not in KV_ITEMSIZE:
-        raise PlanError(f"unknown KV dtype {kv_dtype!r}; valid: {', '.join(KV_ITEMSIZE)}")
-
-
-def make_plan(facts: ModelFacts, recipe: Recipe, context: int, batch: int, system: System,
-              kv_dtype: str = "bf16", headroom: float = 0.1) -> Plan:
-    """Plan `batch` sequences decoding at position `context` with weights stored as `recipe` on `system`."""
-    cfg = facts.cfg
-    check_request(cfg, context, batch, kv_dtype)
-    itemsize = KV_ITEMSIZE[kv_dtype]
-    w = weight_bytes(cfg, recipe, facts.inventory)
-    kv, kv_read = kv_bytes(cfg, context, batch, itemsize), kv_read_bytes(cfg, context, itemsize) * batch
+def make_plan(facts: ModelFacts, w: WeightBytes, workload: Workload, system: System) -> Plan:
+    """Plan `workload` with weights `w` (from `facts.weights(recipe)`) on `system`."""
+    cfg, batch = facts.cfg, workload.batch
+    workload.check(cfg)
+    itemsize = KV_ITEMSIZE[workload.kv_dtype]
+    kv = kv_bytes(cfg, workload.context, batch, itemsize)
+    kv_read = kv_read_bytes(cfg, workload.context, itemsize) * batch
     picked = 1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** batch
     items = [Item("dense", w.dense, 1, 1.0), Item("kv", kv, 1, kv_read / kv, disk_ok=False),
              Item("experts", cfg.num_hidden_layers * cfg.n_routed_experts, w.expert, picked),
              Item("embed", cfg.vocab_size, w.embed_row, min(1.0, batch / cfg.vocab_size))]
-    tiers = system.tiers(headroom)
-    split = place(items, tiers)
+    tiers = system.tiers()
     fits = w.total + kv <= tiers[0].capacity
-    return Plan(facts, w, context, batch, kv_dtype, kv, kv_bytes_per_token(cfg, context, itemsize), kv_read,
-                system, fits, split)
+    return Plan(facts, w, workload, system, kv, kv_bytes_per_token(cfg, workload.context, itemsize), kv_read,
+                fits, place(items, tiers))

@@ -35,10 +35,16 @@ class System:
     device: Memory
     host: Memory | None = None
     disk: Memory | None = None
+    headroom: float = 0.1  # of every memory kept free: activations, runtime, OS
 
     def __post_init__(self):
+        if not 0 <= self.headroom < 1:
+            raise PlanError(f"headroom must be in [0, 1), found {self.headroom}")
         if self.device.kind == "disk":
             raise PlanError(f"device {self.device.name!r} is a disk; choose a GPU, unified or host memory")
+        for role, m, kind in (("host", self.host, "host"), ("disk", self.disk, "disk")):
+            if m is not None and m.kind != kind:
+                raise PlanError(f"{role} {m.name!r} is {m.kind} memory, expected {kind}")
         if self.host is not None and self.device.kind != "gpu":
             raise PlanError(f"device {self.device.name!r} is {self.device.kind} memory, the CPU's own: "
                             f"a separate host memory ({self.host.name!r}) does not apply")
@@ -46,9 +52,7 @@ class System:
     def memories(self) -> list[Memory]:
         return [m for m in (self.device, self.host, self.disk) if m is not None]
 
-    def tiers(self, headroom: float) -> list[Tier]:
-        """Placement tiers; `headroom` of every memory is kept free (activations, runtime, OS)."""
-        if not 0 <= headroom < 1:
-            raise PlanError(f"headroom must be in [0, 1), found {headroom}")
-        return [Tier(m.name, inf if m.memory_gib is None else m.memory_gib * GIB * (1 - headroom),
+    def tiers(self) -> list[Tier]:
+        """Placement tiers, device first; capacities net of the headroom."""
+        return [Tier(m.name, inf if m.memory_gib is None else m.memory_gib * GIB * (1 - self.headroom),
                      m.bandwidth_gbs * 1e9, m.kind == "disk") for m in self.memories()]

@@ -1,0 +1,85 @@
+"""`dsv4 plan`: what a config needs under a recipe (weights by group, KV cache), whether it fits a device, the
+split of experts over device / RAM / disk and the bandwidth-bound decode speed; `--table` for every recipe and
+catalog device, `--plot` for the speed chart."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dsv4.config import ConfigError
+from dsv4.plan.catalog import KINDS
+from dsv4.plan.errors import PlanError
+from dsv4.plan.kv import KV_ITEMSIZE
+from dsv4.plan.ladder import (QUALITY_FILE, catalog_systems, device_plans, read_quality, recipe_plans,
+                              speed_grid)
+from dsv4.plan.planner import Workload, make_plan, model_facts, resolve_config
+from dsv4.plan.plot import plot_speeds
+from dsv4.plan.report import format_devices, format_ladder, format_plan, plan_dict
+from dsv4.plan.system import System, resolve
+from dsv4.quant.errors import QuantError
+from dsv4.quant.recipes import get_recipe
+
+DEVICE_KINDS = tuple(k for k in KINDS if k != "disk")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="memory and decode-speed plan for a config, recipe and device",
+                              description=__doc__)
+    p.add_argument("config", nargs="?", default="flash", help="preset (flash, pro, tiny...), config.json or "
+                   "checkpoint directory (default flash)")
+    p.add_argument("--recipe", default="FP4", help="quantization recipe (BF16, FP8, FP4, Q8_0 ... Q2_K; default FP4)")
+    p.add_argument("--context", type=int, default=4096, help="tokens per sequence, up to 1,048,576 (default 4096)")
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument("--kv-dtype", default="bf16", choices=list(KV_ITEMSIZE), help="KV cache entry dtype")
+    p.add_argument("--device", help="catalog device (default rtx-4090; see --table for the list)")
+    p.add_argument("--vram", type=float, help="device memory in GiB (overrides the catalog; with --bandwidth "
+                   "and no --device: a custom device)")
+    p.add_argument("--bandwidth", type=float, help="device memory bandwidth in GB/s")
+    p.add_argument("--host", help="host RAM behind a GPU: catalog memory or 'none' (default ddr5-desktop)")
+    p.add_argument("--ram", type=float, help="host RAM in GiB (overrides the catalog)")
+    p.add_argument("--ram-bandwidth", type=float, help="host RAM bandwidth in GB/s")
+    p.add_argument("--disk", default="nvme-gen4", help="disk for experts that fit nowhere else, or 'none'")
+    p.add_argument("--disk-bandwidth", type=float, help="disk read bandwidth in GB/s")
+    p.add_argument("--headroom", type=float, default=0.1, help="fraction of each memory kept free (default 0.1)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--table", action="store_true", help="print the recipe ladder and the device table")
+    p.add_argument("--plot", metavar="PNG", help="write the tokens/s-per-recipe chart of every device here")
+    p.set_defaults(func=run)
+
+
+def build_system(args: argparse.Namespace) -> System:
+    """The machine the arguments describe: device, host RAM (GPUs only), disk."""
+    device = resolve(args.device, DEVICE_KINDS, args.vram, args.bandwidth) or resolve("rtx-4090", DEVICE_KINDS)
+    host = None
+    if args.host != "none" and (device.kind == "gpu" or args.host is not None):
+        host = resolve(args.host or "ddr5-desktop", ("host",), args.ram, args.ram_bandwidth)
+    disk = None if args.disk == "none" else resolve(args.disk, ("disk",), None, args.disk_bandwidth)
+    return System(device, host, disk, args.headroom)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        system = build_system(args)
+        recipe = get_recipe(args.recipe)
+        workload = Workload(args.context, args.batch, args.kv_dtype)
+        facts = model_facts(resolve_config(args.config))
+        plan = make_plan(facts, facts.weights(recipe), workload, system)
+        if args.table or args.plot:
+            plans, skipped = recipe_plans(facts, workload, system)
+            systems = catalog_systems(system.host, system.disk, system.headroom)
+        if args.json:
+            print(json.dumps({"config": args.config, **plan_dict(plan)}, indent=2))
+        else:
+            print(f"config {args.config}\n{format_plan(plan)}")
+        if args.table:
+            print(f"\n{format_ladder(plans, read_quality(QUALITY_FILE), skipped)}\n")
+            print(format_devices(device_plans(plan, systems)))
+        if args.plot:
+            title = f"{args.config}: decode at context {workload.context:,}, batch {workload.batch}"
+            grid = speed_grid(plans, systems)
+            print(f"wrote {plot_speeds([p.weights.recipe for p in plans], grid, title, args.plot)}")
+    except (PlanError, ConfigError, QuantError) as e:
+        print(f"dsv4 plan: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,108 @@
+"""Plans as JSON-ready dicts and as text: one plan, the recipe ladder and the device table."""
+from __future__ import annotations
+
+from .catalog import GIB, Memory
+from .ladder import Quality
+from .placement import Split
+from .planner import ASSUMPTIONS, Plan
+
+
+def _tier_dict(m: Memory, split: Split) -> dict:
+    shares = split.on(m.name)
+    return {"name": m.name, "label": m.label, "kind": m.kind,
+            "capacity_bytes": None if m.memory_gib is None else int(m.memory_gib * GIB),
+            "bandwidth_gbs": m.bandwidth_gbs,
+            "stored_bytes": {s.item: int(s.nbytes) for s in shares},
+            "experts": sum(s.units for s in shares if s.item == "experts"),
+            "read_bytes_per_step": sum(s.read_bytes for s in shares),
+            "seconds_per_step": sum(s.seconds for s in shares)}
+
+
+def plan_dict(plan: Plan) -> dict:
+    """Every number of a plan; bytes are exact integers, speeds floats (None when the split cannot run)."""
+    p, w, wl = plan.facts.params, plan.weights, plan.workload
+    return {"recipe": w.recipe, "context": wl.context, "batch_size": wl.batch, "kv_dtype": wl.kv_dtype,
+            "total_params": p.total, "active_params": p.active, "mtp_params": p.mtp,
+            "weight_bytes": w.total, "weight_bytes_by_group": dict(w.by_group), "mtp_weight_bytes": w.mtp,
+            "active_weight_bytes_per_token": plan.active_weight_bytes,
+            "kv_bytes_per_token": plan.kv_bytes_per_token, "kv_bytes": plan.kv_bytes,
+            "kv_read_bytes_per_step": plan.kv_read, "fits": plan.fits, "runs": plan.split.runs,
+            "decode_tokens_per_s": plan.decode_tokens_per_s, "headroom": plan.system.headroom,
+            "tiers": _tier_rows(plan),
+            "unplaced": dict(plan.split.unplaced), "assumptions": list(ASSUMPTIONS)}
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; the first column left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(n) if i == 0 else c.rjust(n) for i, (c, n) in enumerate(zip(cells, widths)))
+
+    return "\n".join(line(r) for r in [headers] + rows)
+
+
+def gib(n: float | None) -> str:
+    return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def speed(plan: Plan) -> str:
+    s = plan.decode_tokens_per_s
+    return "cannot run" if s is None else f"{s:.1f}"
+
+
+def memory_line(m: Memory) -> str:
+    size = "" if m.memory_gib is None else f"{m.memory_gib:g} GiB, "
+    return f"{m.label} ({size}{m.bandwidth_gbs:g} GB/s)"
+
+
+def format_plan(plan: Plan) -> str:
+    """The human report of one plan."""
+    p, w, wl, cfg = plan.facts.params, plan.weights, plan.workload, plan.facts.cfg
+    head = [f"recipe {w.recipe}, context {wl.context:,}, batch {wl.batch}, KV {wl.kv_dtype}",
+            f"parameters: {p.total / 1e9:.2f} B total, {p.active / 1e9:.2f} B active per token "
+            f"(MTP {p.mtp / 1e9:.2f} B, not loaded)"]
+    groups = [[g, gib(n)] for g, n in w.by_group.items()] + [["total", gib(w.total)], ["MTP block", gib(w.mtp)],
+                                                              ["read per token", gib(plan.active_weight_bytes)]]
+    kv = (f"KV cache: {plan.kv_bytes_per_token:,.0f} B per token, {gib(plan.kv_bytes)} GiB at {wl.context:,} "
+          f"tokens x {wl.batch} (a step reads {gib(plan.kv_read)} GiB)")
+    machine = " + ".join(memory_line(m) for m in plan.system.memories())
+    need = f"needs {gib(w.total + plan.kv_bytes)} GiB, {plan.system.headroom:.0%} of memory kept free"
+    return "\n".join(head + [table(["weights", "GiB"], groups), kv, f"machine: {machine}",
+                             f"fits on the device: {'yes' if plan.fits else 'no'} ({need})",
+                             format_split(plan), f"decode: {speed(plan)} tokens/s "
+                             f"(k={cfg.num_experts_per_tok} of {cfg.n_routed_experts} experts per layer)",
+                             "assumptions: " + "; ".join(ASSUMPTIONS)])
+
+
+def format_split(plan: Plan) -> str:
+    rows = []
+    for t in _tier_rows(plan):
+        stored = t["stored_bytes"]
+        rows.append([t["name"], gib(t["capacity_bytes"]), gib(stored.get("dense")), gib(stored.get("kv")),
+                     str(t["experts"]), gib(t["read_bytes_per_step"]), f"{t['seconds_per_step'] * 1e3:.2f}"])
+    unplaced = "".join(f"\ndoes not fit anywhere: {n:,} units of {item}" for item, n in plan.split.unplaced.items())
+    return table(["tier", "GiB", "dense GiB", "KV GiB", "experts", "read/step GiB", "ms/step"], rows) + unplaced
+
+
+def _tier_rows(plan: Plan) -> list[dict]:
+    return [_tier_dict(m, plan.split) for m in plan.system.memories()]
+
+
+def format_ladder(plans: list[Plan], quality: Quality, skipped: dict[str, str]) -> str:
+    """The recipe ladder on one machine: size, bytes read per token, fit, speed and measured quality."""
+    device = plans[0].system.device.name if plans else "device"
+    rows = [[p.weights.recipe, gib(p.weights.total), gib(p.active_weight_bytes), "yes" if p.fits else "no",
+             speed(p), quality.cell(p.weights.recipe)] for p in plans]
+    text = table(["recipe", "weights GiB", "read/token GiB", f"fits {device}", "tokens/s", quality.metric], rows)
+    return text + "".join(f"\nskipped {name}: {why}" for name, why in skipped.items())
+
+
+def format_devices(plans: list[Plan]) -> str:
+    """Which devices can run one recipe and how fast: fit, experts per tier, tokens/s."""
+    rows = []
+    for p in plans:
+        experts = " / ".join(f"{t['kind']} {t['experts']}" for t in _tier_rows(p))
+        rows.append([p.system.device.label, f"{p.system.device.memory_gib:g}", f"{p.system.device.bandwidth_gbs:g}",
+                     "yes" if p.fits else "no", experts, speed(p)])
+    return table(["device", "GiB", "GB/s", "fits", "experts per tier", "tokens/s"], rows)
