@@ -50,6 +50,9 @@ class Engine:
         """Queue a request. in_reasoning: the prompt opened a think block (for the reasoning budget)."""
         if not prompt:
             raise EngineError("prompt: expected at least one token, found none")
+        vocab = self.runner.cfg.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise EngineError(f"prompt: token ids must lie in [0, {vocab}), found {min(prompt)}..{max(prompt)}")
         if len(prompt) >= self.context:
             raise ContextLengthError(len(prompt), self.context)
         seq = Sequence(list(prompt), params, in_reasoning=in_reasoning)

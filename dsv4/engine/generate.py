@@ -1,0 +1,60 @@
+"""Library-first generation on a synchronous engine: token steps, then text stream, then whole string.
+
+`stream_tokens` drives `engine.step()` until one sequence finishes (other sequences in the engine advance too).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing
+
+from dsv4.chat import ChatDelta, Tokenizer, render_messages
+from dsv4.engine.engine import Engine
+from dsv4.engine.params import SamplingParams
+from dsv4.engine.sequence import Sequence, TokenEvent
+from dsv4.engine.text import ChatDecoder, TextDecoder
+
+
+def stream_tokens(engine: Engine, seq: Sequence) -> Iterator[TokenEvent]:
+    """Yield `seq`'s token events as the engine produces them; the last carries `finish_reason`.
+
+    Closing the iterator early cancels the sequence."""
+    try:
+        while not seq.finished:
+            for event in engine.step():
+                if event.seq_id == seq.seq_id:
+                    yield event
+    finally:
+        engine.cancel(seq.seq_id)
+
+
+def stream_text(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
+                stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
+    """Text pieces of a raw completion of `prompt` ids; stops at EOS, a stop string or max_tokens."""
+    seq = engine.add(prompt, params)
+    decoder = TextDecoder(tokenizer, stop, engine.config.eos_ids)
+    with closing(stream_tokens(engine, seq)) as events:  # leaving early cancels the sequence
+        for event in events:
+            yield decoder.push(event.token)
+            if decoder.stopped:
+                break
+    yield decoder.finish()
+
+
+def generate_text(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
+                  stop: list[str] | tuple[str, ...] = ()) -> str:
+    return "".join(stream_text(engine, tokenizer, prompt, params, stop))
+
+
+def stream_chat(engine: Engine, tokenizer: Tokenizer, messages: list[dict], params: SamplingParams, *,
+                thinking: bool = True, reasoning_effort: str | None = None, tools: list[dict] | None = None,
+                stop: list[str] | tuple[str, ...] = ()) -> Iterator[ChatDelta]:
+    """Deltas (reasoning, content, tool calls) of the assistant's reply to `messages`."""
+    prompt = render_messages(messages, thinking=thinking, reasoning_effort=reasoning_effort, tools=tools)
+    seq = engine.add(tokenizer.encode_prompt(prompt), params, in_reasoning=prompt.opens_reasoning)
+    decoder = ChatDecoder(tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools, stop=stop)
+    with closing(stream_tokens(engine, seq)) as events:  # leaving early cancels the sequence
+        for event in events:
+            yield decoder.push(event.token)
+            if decoder.stopped:
+                break
+    yield decoder.finish()

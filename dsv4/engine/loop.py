@@ -1,0 +1,83 @@
+"""The engine in a background thread: callers submit and cancel from any thread; events come back by callback.
+
+The server wraps the callback with `loop.call_soon_threadsafe` to feed one asyncio queue per request.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from dsv4.engine.engine import Engine
+from dsv4.engine.params import SamplingParams
+from dsv4.engine.sequence import Sequence, TokenEvent
+
+Listener = Callable[[TokenEvent], None]
+log = logging.getLogger(__name__)
+
+
+class EngineLoop:
+    """Owns the engine's thread. `submit` raises the engine's request errors (queue full, context) at once."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._lock = threading.Condition()
+        self._listeners: dict[int, Listener] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="dsv4-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: list[int], params: SamplingParams, listener: Listener,
+               in_reasoning: bool = False) -> Sequence:
+        with self._lock:
+            seq = self.engine.add(prompt, params, in_reasoning=in_reasoning)
+            self._listeners[seq.seq_id] = listener
+            self._lock.notify()
+        return seq
+
+    def cancel(self, seq_id: int) -> None:
+        """Stop a sequence and free its memory; its listener hears nothing more."""
+        with self._lock:
+            self._listeners.pop(seq_id, None)
+            self.engine.cancel(seq_id)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.engine.scheduler.queue_depth
+
+    @property
+    def running(self) -> int:
+        return len(self.engine.scheduler.running)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self.engine.has_work():
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                events = self._step()
+                targets = [(self._listeners.get(e.seq_id), e) for e in events]
+                for e in events:
+                    if e.finish_reason is not None:
+                        self._listeners.pop(e.seq_id, None)
+            for listener, event in targets:
+                if listener is not None:
+                    listener(event)
+
+    def _step(self) -> list[TokenEvent]:
+        """One engine step; if it fails, every live request ends with finish_reason "error" and the thread lives."""
+        try:
+            return self.engine.step()
+        except Exception:  # a bug in one step must not kill the worker that serves everyone else
+            log.exception("engine step failed; ending all live requests")
+            ids = list(self.engine.sequences)
+            for seq_id in ids:
+                self.engine.cancel(seq_id)
+            return [TokenEvent(seq_id, None, finish_reason="error") for seq_id in ids]

@@ -1,0 +1,75 @@
+"""The FastAPI app: routes translate HTTP to the library and back; the engine runs in its own thread.
+
+Routes: POST /v1/chat/completions, POST /v1/completions (also without /v1), GET /v1/models, GET /health,
+GET /metrics. With an API key, /v1 routes need `Authorization: Bearer KEY`.
+"""
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
+
+from dsv4.server.chat import chat_completions
+from dsv4.server.completions import completions
+from dsv4.server.errors import APIError, install_handlers
+from dsv4.server.schemas import ChatRequest, CompletionRequest
+from dsv4.server.state import ServerState
+
+_OPEN = ("/health", "/metrics")
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="dsv4", docs_url=None, redoc_url=None)
+    app.state.dsv4 = state
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next):
+        if state.api_key and request.url.path not in _OPEN and not _authorized(request, state.api_key):
+            response = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                "authentication_error", code="invalid_api_key").response()
+        else:
+            response = await call_next(request)
+        state.metrics.request(request.url.path, response.status_code)
+        return response
+
+    for prefix in ("/v1", ""):
+        app.post(f"{prefix}/chat/completions")(_chat)
+        app.post(f"{prefix}/completions")(_completions)
+        app.get(f"{prefix}/models")(_models)
+    app.get("/health")(_health)
+    app.get("/metrics")(_metrics)
+    return app
+
+
+def _authorized(request: Request, key: str) -> bool:
+    return request.headers.get("authorization", "") == f"Bearer {key}"
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.dsv4
+
+
+async def _chat(body: ChatRequest, request: Request):
+    return await chat_completions(_state(request), body, request)
+
+
+async def _completions(body: CompletionRequest, request: Request):
+    return await completions(_state(request), body, request)
+
+
+async def _models(request: Request) -> dict:
+    state = _state(request)
+    card = {"id": state.model_name, "object": "model", "created": int(time.time()), "owned_by": "dsv4",
+            "max_model_len": state.context}
+    return {"object": "list", "data": [card]}
+
+
+async def _health() -> dict:
+    return {"status": "ok"}
+
+
+async def _metrics(request: Request) -> PlainTextResponse:
+    state = _state(request)
+    return PlainTextResponse(state.metrics.render(state.gauges()), media_type="text/plain; version=0.0.4")

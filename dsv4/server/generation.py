@@ -1,0 +1,81 @@
+"""One request's generation seen from asyncio: engine events through a queue, latency metrics, cancellation."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import Request
+
+from dsv4.engine import EngineLoop, SamplingParams, TokenEvent
+from dsv4.server.metrics import Metrics
+
+_POLL_S = 0.5  # how often a waiting request checks whether its client is still there
+
+
+class Generation:
+    """Submit at construction (raises the engine's request errors); iterate `events()`; `cancel()` frees it."""
+
+    def __init__(self, loop: EngineLoop, metrics: Metrics, prompt: list[int], params: SamplingParams,
+                 in_reasoning: bool = False):
+        self._loop, self._metrics = loop, metrics
+        self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        aio = asyncio.get_running_loop()
+        self._start = self._last = time.perf_counter()
+        self.seq = loop.submit(prompt, params, lambda e: aio.call_soon_threadsafe(self._queue.put_nowait, e),
+                               in_reasoning=in_reasoning)
+        self.generated = 0
+        self.done = False
+        self.finish_reason: str | None = None
+        metrics.tokens(prompt=len(prompt))
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.seq.cached_prompt
+
+    async def events(self, request: Request | None = None) -> AsyncIterator[TokenEvent]:
+        """Token events until the last; cancels the sequence if the client goes away or the consumer stops."""
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self._queue.get(), _POLL_S)
+                except TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        return
+                    continue
+                self._observe(event)
+                yield event
+                if event.finish_reason is not None:
+                    self.done, self.finish_reason = True, event.finish_reason
+                    self._metrics.tokens(cached=self.cached_tokens)
+                    return
+        finally:
+            if not self.done:
+                self.cancel()
+
+    async def decoded(self, decoder: Any, request: Request) -> AsyncIterator[tuple[Any, TokenEvent | None]]:
+        """(decoder piece, event) per token, then (the decoder's tail, None). `decoder`: a `TextDecoder` or
+        `ChatDecoder`; when its stop string matches, the sequence is cancelled."""
+        async with aclosing(self.events(request)) as events:
+            async for event in events:
+                if event.token is not None:
+                    yield decoder.push(event.token), event
+                if decoder.stopped:
+                    self.cancel()
+                    break
+        yield decoder.finish(), None
+
+    def cancel(self) -> None:
+        self.done = True
+        self._loop.cancel(self.seq.seq_id)
+
+    def _observe(self, event: TokenEvent) -> None:
+        if event.token is None:
+            return
+        now = time.perf_counter()
+        first = self.generated == 0
+        self._metrics.latency(ttft=now - self._start if first else None, itl=None if first else now - self._last)
+        self._metrics.tokens(generated=1)
+        self._last, self.generated = now, self.generated + 1

@@ -1,0 +1,56 @@
+"""Running the server: in the foreground (`dsv4 serve`) or on a background thread (tests, embedding)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import uvicorn
+
+from dsv4.chat import load_tokenizer
+from dsv4.engine import Engine, EngineConfig, EngineLoop
+from dsv4.model.transformer import Transformer
+from dsv4.server.app import create_app
+from dsv4.server.state import ServerState
+
+
+def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | None = None,
+               config: EngineConfig | None = None) -> ServerState:
+    """Start the engine thread for `model` with the bundled V4 tokenizer."""
+    return ServerState(EngineLoop(Engine(model, config)), load_tokenizer(), model_name, api_key)
+
+
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted."""
+    try:
+        uvicorn.run(create_app(state), host=host, port=port, log_level="info")
+    finally:
+        state.loop.close()
+
+
+class BackgroundServer:
+    """uvicorn on a thread; `port=0` picks a free port (see `.url`). Use as a context manager."""
+
+    def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0):
+        self.state = state
+        config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="dsv4-http", daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the HTTP server did not start within 30 s")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join()
+        self.state.loop.close()

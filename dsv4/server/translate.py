@@ -1,0 +1,83 @@
+"""Request bodies -> engine inputs: prompt ids, sampling parameters, the thinking switch and tool choice.
+
+Thinking defaults to on (DeepSeek API). Every vendor's switch is honoured: `thinking.type`,
+`chat_template_kwargs.thinking|enable_thinking`, `reasoning_effort: "none"`, OpenRouter `reasoning.enabled`/
+`reasoning.effort`. OpenRouter `reasoning.max_tokens` is the reasoning budget; `reasoning.exclude` hides it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv4.chat import Prompt, Tokenizer, render_messages
+from dsv4.engine import SamplingParams
+from dsv4.server.errors import APIError
+from dsv4.server.schemas import ChatRequest, Sampling
+
+
+@dataclass
+class ThinkingMode:
+    enabled: bool = True
+    effort: str | None = None
+    budget: int | None = None
+    exclude: bool = False
+
+
+def thinking_mode(req: ChatRequest) -> ThinkingMode:
+    mode = ThinkingMode(effort=req.reasoning_effort)
+    kwargs = req.chat_template_kwargs or {}
+    for key in ("thinking", "enable_thinking"):
+        if key in kwargs:
+            mode.enabled = bool(kwargs[key])
+    if req.thinking is not None:
+        mode.enabled = req.thinking.type == "enabled"
+    if req.reasoning is not None:
+        r = req.reasoning
+        mode.enabled = mode.enabled if r.enabled is None else r.enabled
+        mode.effort = r.effort or mode.effort
+        mode.budget, mode.exclude = r.max_tokens, r.exclude
+    if mode.effort == "none":
+        mode.enabled = False
+    return mode
+
+
+def chat_tools(req: ChatRequest) -> list[dict] | None:
+    """The tools the prompt offers, after `tool_choice` (none: no tools; named: only that one)."""
+    choice = req.tool_choice
+    if not req.tools or choice == "none":
+        return None
+    if choice in (None, "auto", "required"):
+        return req.tools
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    named = [t for t in req.tools if t.get("function", {}).get("name") == name]
+    if not named:
+        raise APIError(400, f"tool_choice: expected none, auto, required or a function named in tools, "
+                            f"found {choice!r}", param="tool_choice")
+    return named
+
+
+def chat_prompt(req: ChatRequest, tokenizer: Tokenizer, mode: ThinkingMode,
+                tools: list[dict] | None) -> tuple[Prompt, list[int]]:
+    prompt = render_messages(req.messages, thinking=mode.enabled, reasoning_effort=mode.effort if mode.enabled
+                             else None, tools=tools, response_format=req.response_format)
+    return prompt, tokenizer.encode_prompt(prompt)
+
+
+def stop_strings(req: Sampling) -> list[str]:
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > 16:
+        raise APIError(400, f"stop: expected at most 16 strings, found {len(stops)}", param="stop")
+    return stops
+
+
+def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs: bool = False,
+                    top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None
+                    ) -> SamplingParams:
+    """Engine parameters; max_tokens defaults to the room left in the context (temperature, top_p: 1.0)."""
+    if req.n != 1:
+        raise APIError(400, f"n: expected 1 (one choice per request), found {req.n}", param="n")
+    max_tokens = req.max_completion_tokens or req.max_tokens or max(1, context - prompt_tokens)
+    given = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                                          "frequency_penalty", "repetition_penalty") if getattr(req, k) is not None}
+    return SamplingParams(max_tokens=max_tokens, seed=req.seed, stop_token_ids=tuple(req.stop_token_ids or ()),
+                          logprobs=logprobs, top_logprobs=top_logprobs, reasoning_budget=budget,
+                          end_think_id=end_think_id, **given)
