@@ -1,0 +1,35 @@
+"""`dsv4 serve`: the OpenAI-compatible HTTP server."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsv4.engine import EngineConfig
+from dsv4.engine.options import add_model_args, load_model_or_explain, request_error
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (needs the `serve` extra)")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", metavar="K", help="require `Authorization: Bearer K` on /v1 routes")
+    p.add_argument("--model-name", help="the id clients send as `model` (default: the model directory's name)")
+    p.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-waiting", type=int, default=64, help="queued requests before answering 429")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsv4.server.run import make_state, serve  # fastapi/uvicorn only when serving
+
+    model = load_model_or_explain(args)
+    if model is None:
+        return 2
+    name = args.model_name or (Path(args.model).resolve().name if args.model else "dsv4-demo")
+    config = EngineConfig(max_running=args.max_running, max_waiting=args.max_waiting, speculative=args.speculative)
+    try:
+        state = make_state(model, model_name=name, api_key=args.api_key, config=config)
+    except ValueError as e:
+        return request_error("serve", e)
+    serve(state, args.host, args.port)
+    return 0

@@ -1,0 +1,60 @@
+"""Command-line options shared by `dsv4 generate`, `dsv4 chat` and `dsv4 serve`: model, engine and sampling."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsv4.engine.engine import Engine, EngineConfig
+from dsv4.engine.errors import ModelNotFoundError
+from dsv4.engine.model_path import load_for_inference
+from dsv4.engine.params import SamplingParams
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the bundled demo model)")
+    parser.add_argument("--dtype", default="float32", help="activation/weight dtype on CPU (default float32)")
+    parser.add_argument("--speculative", action="store_true", help="MTP speculative decoding (needs MTP weights)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int = 512) -> None:
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, metavar="N")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, metavar="S")
+    thinking = parser.add_mutually_exclusive_group()
+    thinking.add_argument("--thinking", dest="thinking", action="store_true", default=True,
+                          help="think before answering (default)")
+    thinking.add_argument("--no-thinking", dest="thinking", action="store_false")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed)
+
+
+def load_model_or_explain(args: argparse.Namespace):
+    """The model for `--model` (or the demo model); None after printing why it cannot be loaded."""
+    try:
+        return load_for_inference(args.model, args.dtype)
+    except (ModelNotFoundError, ValueError) as e:
+        print(f"dsv4 {args.command}: {e}", file=sys.stderr)
+        return None
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine | None:
+    """An engine over `--model`; None after printing why there is none."""
+    model = load_model_or_explain(args)
+    if model is None:
+        return None
+    try:
+        return Engine(model, EngineConfig(speculative=args.speculative))
+    except ValueError as e:
+        request_error(args.command, e)
+        return None
+
+
+def request_error(command: str, error: Exception) -> int:
+    """Print a typed error's message for the user; the exit status 2."""
+    print(f"dsv4 {command}: {error}", file=sys.stderr)
+    return 2
