@@ -55,6 +55,8 @@ def _levels_and_sums(x, iscale, nmax):
 
 def qx_scalar(x, nmax):
     m = x[np.argmax(np.abs(x))]
+    if abs(m) < 1e-15:
+        return f32(0), np.zeros(len(x), f32)
     lv, slx, sl2 = _levels_and_sums(x, f32(-nmax) / m, nmax)
     scale = slx / sl2 if sl2 else f32(0)
     best = scale * slx
@@ -67,7 +69,10 @@ def qx_scalar(x, nmax):
 
 
 def q3_scalar(x, nmax):
-    lv, slx, sl2 = _levels_and_sums(x, f32(-nmax) / x[np.argmax(np.abs(x))], nmax)
+    m = x[np.argmax(np.abs(x))]
+    if abs(m) < 1e-15:
+        return f32(0), np.zeros(len(x), f32)
+    lv, slx, sl2 = _levels_and_sums(x, f32(-nmax) / m, nmax)
     w = x * x
     for _ in range(5):
         changed = 0
@@ -113,3 +118,69 @@ def test_symmetric_searches_match_the_scalar_ports(fit, scalar, nmax):
     x = groups(16, nmax)
     scale, levels = fit(torch.from_numpy(x), nmax)
     assert_identical(scale.numpy(), levels.numpy(), [scalar(x[g], nmax) for g in range(len(x))])
+
+
+# Whole super-blocks: the scalar ports above plus llama.cpp's scale quantization and re-quantization steps,
+# compared through gguf's dequantizer applied to our bytes (values must be identical).
+f16 = np.float16
+
+
+def affine_superblock_scalar(x, sub, nmax, search, weights, scale_max):
+    """quantize_row_q{2,4,5}_K_ref for one block of 256 -> dequantized values."""
+    xs = x.reshape(-1, sub)
+    fits = [qkx2_scalar(g, weights(g), nmax, *search) for g in xs]
+    scales, mins = np.array([f[0] for f in fits], f32), np.array([f[1] for f in fits], f32)
+
+    def codes(v):
+        top = v.max()
+        inv = f32(scale_max) / top if top > 0 else f32(0)
+        return np.minimum(np.rint(inv * v), scale_max).astype(f32), f32(f16(top / f32(scale_max)))
+
+    (ls, d), (lm, dmin) = codes(scales), codes(mins)
+    out = []
+    for g, fit, s_code, m_code in zip(xs, fits, ls, lm):
+        dd, dm = d * s_code, dmin * m_code
+        levels = fit[2] if dd == 0 else np.clip(np.rint((g + dm) / dd), 0, nmax).astype(f32)
+        out.append(dd * levels - dm)
+    return np.concatenate(out)
+
+
+def symmetric_superblock_scalar(x, nmax, fit, top_code, lo, hi):
+    """quantize_row_q{3,6}_K_ref for one block of 256 -> dequantized values."""
+    xs = x.reshape(16, 16)
+    scales = np.array([fit(g, nmax)[0] for g in xs], f32)
+    s_max = scales[np.argmax(np.abs(scales))]
+    if abs(s_max) < 1e-15:
+        return np.zeros(256, f32)
+    iscale = f32(-top_code) / s_max
+    codes = np.clip(np.rint(iscale * scales), lo, hi).astype(f32)
+    d = f32(f16(f32(1) / iscale))
+    out = [d * c * np.clip(np.rint(g / (d * c)), -nmax, nmax - 1).astype(f32) if d * c else np.zeros(16, f32)
+           for g, c in zip(xs, codes)]
+    return np.concatenate(out)
+
+
+def rms_plus_abs(g):
+    return np.sqrt(seq_sum(g * g) / f32(len(g))) + np.abs(g)
+
+
+SUPERBLOCK_PORTS = {
+    "q2_k": lambda x: affine_superblock_scalar(x, 16, 3, (-0.5, 0.1, 15, True), np.abs, 15),
+    "q4_k": lambda x: affine_superblock_scalar(x, 32, 15, (-1.0, 0.1, 20, False), rms_plus_abs, 63),
+    "q5_k": lambda x: affine_superblock_scalar(x, 32, 31, (-0.5, 0.1, 15, False), rms_plus_abs, 63),
+    "q3_k": lambda x: symmetric_superblock_scalar(x, 4, q3_scalar, 32, -32, 31),
+    "q6_k": lambda x: symmetric_superblock_scalar(x, 32, qx_scalar, 128, -128, 127),
+}
+
+
+@pytest.mark.parametrize("name", list(SUPERBLOCK_PORTS))
+def test_superblock_quantizer_matches_the_scalar_port(name):
+    from gguf import GGMLQuantizationType, quants
+
+    from dsv4.quant import kquants
+
+    x = np.random.default_rng(7).standard_normal((4, 256)).astype(f32) * np.float32([[1], [0.01], [30], [1]])
+    x[3, :64] = 0  # zero sub-blocks inside a live super-block
+    ours = getattr(kquants, f"quantize_{name}")(torch.from_numpy(x)).numpy()
+    values = quants.dequantize(ours.reshape(1, -1), GGMLQuantizationType[name.upper()]).reshape(4, 256)
+    assert np.array_equal(values, np.stack([SUPERBLOCK_PORTS[name](row) for row in x]))
