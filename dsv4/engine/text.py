@@ -35,7 +35,7 @@ class ChatDecoder:
     """Tokens -> `ChatDelta`s through the V4 parser; stop strings apply to the answer text only.
 
     opens_reasoning: the prompt ended with `<think>` (`Prompt.opens_reasoning`). Counts reasoning tokens
-    (generated before `</think>`) for usage.
+    (generated before `</think>`, not counting it) for usage.
     """
 
     def __init__(self, tokenizer: Tokenizer, *, opens_reasoning: bool, tools: list[dict] | None = None,
@@ -43,6 +43,7 @@ class ChatDecoder:
         self._detok = StreamingDetokenizer(tokenizer)
         self._parser = StreamingParser(thinking=opens_reasoning, tools=tools)
         self._stop = StopMatcher(stop)
+        self._end_think = tokenizer.end_think_id
         self.reasoning_tokens = 0
 
     @property
@@ -50,7 +51,7 @@ class ChatDecoder:
         return self._stop.hit
 
     def push(self, token: int) -> ChatDelta:
-        if self._parser.in_reasoning:
+        if self._parser.in_reasoning and token != self._end_think:
             self.reasoning_tokens += 1
         return self._cut(self._parser.feed(self._detok.push(token)), final=False)
 

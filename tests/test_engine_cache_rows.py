@@ -1,0 +1,50 @@
+"""Cache row operations: sequences at different positions stacked into one batch decode as they do alone."""
+import pytest
+import torch
+
+from dsv4.cache import select_rows, stack_caches
+from tiny_models import random_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def prefilled(model, n: int, seed: int):
+    ids = torch.randint(0, model.cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(seed))
+    cache = model.make_cache(1)
+    model(ids, cache)
+    return cache
+
+
+def test_stacked_rows_decode_like_each_row_alone_and_split_back_intact():
+    torch.manual_seed(0)
+    model = random_model()
+    lengths = (3, 37, 18)  # different positions, different numbers of compressed entries
+    alone = [prefilled(model, n, seed=n) for n in lengths]
+    batch = stack_caches([prefilled(model, n, seed=n) for n in lengths])
+    assert batch.pos.tolist() == list(lengths)
+    steps = torch.tensor([[5, 6], [7, 8], [9, 10]])
+    for s in range(2):
+        got = model(steps[:, s:s + 1], batch)
+        for row, cache in enumerate(alone):
+            want = model(steps[row:row + 1, s:s + 1], cache)
+            torch.testing.assert_close(got[row:row + 1], want, rtol=1e-4, atol=1e-4)
+    middle = select_rows(batch, [1])
+    assert middle.pos.tolist() == [lengths[1] + 2]
+    torch.testing.assert_close(model(torch.tensor([[11]]), middle), model(torch.tensor([[11]]), alone[1]),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_selected_rows_are_copies():
+    model = random_model()
+    cache = prefilled(model, 9, seed=1)
+    copy = select_rows(cache, [0])
+    model(torch.tensor([[3]]), copy)
+    assert cache.pos.tolist() == [9] and copy.pos.tolist() == [10]
+    assert not torch.equal(cache.layers[0].window, copy.layers[0].window)

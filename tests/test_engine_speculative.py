@@ -1,0 +1,64 @@
+"""MTP speculative decoding gives the same tokens as plain decoding, on both the reject and the accept path."""
+import pytest
+import torch
+
+from dsv4.engine import Engine, EngineConfig, SamplingParams
+from tiny_models import random_model
+
+NO_EOS = frozenset()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(seed=5)
+
+
+PROMPTS = [[3, 17, 99, 4, 250, 31, 8, 77, 402, 5, 6, 19, 300, 2, 45, 61, 7], [9, 8, 7, 6, 5]]
+
+
+def generate(model, params: SamplingParams, speculative: bool, prompts=PROMPTS, oracle: list[int] | None = None):
+    engine = Engine(model, EngineConfig(speculative=speculative, prefill_chunk=5, eos_ids=NO_EOS))
+    seqs = [engine.add(p, params) for p in prompts]
+    if oracle is not None:  # one sequence whose drafts are always right: every verification accepts
+        real = engine.runner.draft
+
+        def draft(X, next_ids, cache):
+            real(X, next_ids, cache)  # keeps the MTP cache in step
+            done = len(seqs[0].output)
+            return [oracle[done] if 0 < done < len(oracle) else 0]
+
+        engine.runner.draft = draft
+    while engine.has_work():
+        engine.step()
+    return [s.output for s in seqs], engine.spec.acceptance_rate if engine.spec else None
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_tokens=12),
+                                    SamplingParams(seed=11, top_k=40, max_tokens=12)], ids=["greedy", "seeded"])
+def test_speculative_output_equals_plain_decoding(model, params):
+    plain, _ = generate(model, params, speculative=False)
+    spec, rate = generate(model, params, speculative=True)
+    assert spec == plain
+    assert 0.0 <= rate <= 1.0
+
+
+def test_accepted_drafts_yield_the_same_tokens_two_at_a_time(model):
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    plain, _ = generate(model, greedy, speculative=False, prompts=PROMPTS[:1])
+    spec, rate = generate(model, greedy, speculative=True, prompts=PROMPTS[:1], oracle=plain[0])
+    assert spec == plain and rate == 1.0
+
+
+def test_a_model_without_mtp_refuses_speculation():
+    with pytest.raises(ValueError, match="needs the model's MTP module"):
+        Engine(random_model(num_nextn_predict_layers=0, compress_ratios=[0, 4, 16, 4]),
+               EngineConfig(speculative=True))
