@@ -13,7 +13,7 @@ from dsv4.plan.errors import PlanError
 from dsv4.plan.kv import KV_ITEMSIZE
 from dsv4.plan.ladder import (QUALITY_FILE, catalog_systems, device_plans, read_quality, recipe_plans,
                               speed_grid)
-from dsv4.plan.planner import Workload, make_plan, model_facts, resolve_config
+from dsv4.plan.planner import Plan, Workload, make_plan, model_facts, resolve_config
 from dsv4.plan.plot import plot_speeds
 from dsv4.plan.report import format_devices, format_ladder, format_plan, plan_dict
 from dsv4.plan.system import System, resolve
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("config", nargs="?", default="flash", help="preset (flash, pro, tiny...), config.json or "
                    "checkpoint directory (default flash)")
     p.add_argument("--recipe", default="FP4", help="quantization recipe (BF16, FP8, FP4, Q8_0 ... Q2_K; default FP4)")
-    p.add_argument("--context", type=int, default=4096, help="tokens per sequence, up to 1,048,576 (default 4096)")
+    p.add_argument("--context", type=int, help="tokens per sequence, up to the config's max_position_embeddings "
+                   "(1,048,576 for Flash and Pro; default 4096 or that max if smaller)")
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     p.add_argument("--kv-dtype", default="bf16", choices=list(KV_ITEMSIZE), help="KV cache entry dtype")
     p.add_argument("--device", help="catalog device (default rtx-4090; see --table for the list)")
@@ -60,26 +61,33 @@ def build_system(args: argparse.Namespace) -> System:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        system = build_system(args)
-        recipe = get_recipe(args.recipe)
-        workload = Workload(args.context, args.batch, args.kv_dtype)
-        facts = model_facts(resolve_config(args.config))
+        system, recipe = build_system(args), get_recipe(args.recipe)
+        cfg = resolve_config(args.config)
+        context = args.context if args.context is not None else min(4096, cfg.max_position_embeddings)
+        workload = Workload(context, args.batch, args.kv_dtype)
+        workload.check(cfg)  # before the seconds-long meta build
+        facts = model_facts(cfg)
         plan = make_plan(facts, facts.weights(recipe), workload, system)
-        if args.table or args.plot:
-            plans, skipped = recipe_plans(facts, workload, system)
-            systems = catalog_systems(system.host, system.disk, system.headroom)
         if args.json:
             print(json.dumps({"config": args.config, **plan_dict(plan)}, indent=2))
         else:
             print(f"config {args.config}\n{format_plan(plan)}")
-        if args.table:
-            print(f"\n{format_ladder(plans, read_quality(QUALITY_FILE), skipped)}\n")
-            print(format_devices(device_plans(plan, systems)))
-        if args.plot:
-            title = f"{args.config}: decode at context {workload.context:,}, batch {workload.batch}"
-            grid = speed_grid(plans, systems)
-            print(f"wrote {plot_speeds([p.weights.recipe for p in plans], grid, title, args.plot)}")
+        if args.table or args.plot:
+            print_tables(args, plan)
     except (PlanError, ConfigError, QuantError) as e:
         print(f"dsv4 plan: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def print_tables(args: argparse.Namespace, plan: Plan) -> None:
+    """--table: the recipe ladder and the device table; --plot: the chart of every recipe on every device."""
+    plans, skipped = recipe_plans(plan.facts, plan.workload, plan.system)
+    systems = catalog_systems(plan.system.host, plan.system.disk, plan.system.headroom)
+    if args.table:
+        print(f"\n{format_ladder(plans, read_quality(QUALITY_FILE), skipped)}\n")
+        print(format_devices(device_plans(plan, systems)))
+    if args.plot:
+        title = f"{args.config}: decode at context {plan.workload.context:,}, batch {plan.workload.batch}"
+        path = plot_speeds([p.weights.recipe for p in plans], speed_grid(plans, systems), title, args.plot)
+        print(f"wrote {path}")

@@ -89,13 +89,13 @@ def _tier_rows(plan: Plan) -> list[dict]:
     return [_tier_dict(m, plan.split) for m in plan.system.memories()]
 
 
-def format_ladder(plans: list[Plan], quality: Quality, skipped: dict[str, str]) -> str:
+def format_ladder(plans: list[Plan], quality: Quality, skipped: list[str]) -> str:
     """The recipe ladder on one machine: size, bytes read per token, fit, speed and measured quality."""
     device = plans[0].system.device.name if plans else "device"
     rows = [[p.weights.recipe, gib(p.weights.total), gib(p.active_weight_bytes), "yes" if p.fits else "no",
              speed(p), quality.cell(p.weights.recipe)] for p in plans]
     text = table(["recipe", "weights GiB", "read/token GiB", f"fits {device}", "tokens/s", quality.metric], rows)
-    return text + "".join(f"\nskipped {name}: {why}" for name, why in skipped.items())
+    return text + "".join(f"\nskipped: {why}" for why in skipped)
 
 
 def format_devices(plans: list[Plan]) -> str:
