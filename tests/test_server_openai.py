@@ -1,0 +1,157 @@
+"""The server over real HTTP on loopback, driven by the official `openai` client: chat (stream and not),
+reasoning fields, completions, models, health, metrics, every error status, and cancel-on-disconnect."""
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from dsv4.chat import encode_messages_ids
+from dsv4.engine import EngineConfig
+from dsv4.server.run import BackgroundServer, make_state
+from tiny_models import random_model
+
+HI = [{"role": "user", "content": "Hi there"}]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(one_torch_thread):
+    # the real tokenizer's vocabulary, everything else tiny; a short context so 413 is cheap to reach
+    return random_model(vocab_size=129280, max_position_embeddings=256, num_hash_layers=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with BackgroundServer(make_state(model, model_name="tiny")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def chat(client, **kw):
+    return client.chat.completions.create(**{"model": "tiny", "messages": HI, "max_tokens": 6, "seed": 1, **kw})
+
+
+def test_chat_reply_carries_reasoning_and_usage(client):
+    r = chat(client)
+    msg, usage = r.choices[0].message, r.usage
+    assert r.object == "chat.completion" and r.choices[0].finish_reason == "length"
+    assert msg.reasoning_content and msg.model_extra["reasoning"] == msg.reasoning_content
+    assert msg.model_extra["reasoning_details"] == [{"type": "reasoning.text", "text": msg.reasoning_content}]
+    assert usage.prompt_tokens == len(encode_messages_ids(HI, thinking=True))
+    assert usage.completion_tokens == 6 and usage.completion_tokens_details.reasoning_tokens == 6
+    assert usage.total_tokens == usage.prompt_tokens + 6
+
+
+def test_streamed_deltas_assemble_to_the_same_reply(client):
+    whole = chat(client)
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert reasoning == whole.choices[0].message.reasoning_content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens > 0  # the same prompt again: prefix reused
+
+
+def test_thinking_switches_and_the_reasoning_budget(client):
+    off = chat(client, extra_body={"thinking": {"type": "disabled"}})
+    assert off.choices[0].message.content and off.usage.completion_tokens_details.reasoning_tokens == 0
+    assert not getattr(off.choices[0].message, "reasoning_content", None)
+    budget = chat(client, max_tokens=10, extra_body={"reasoning": {"max_tokens": 3}})
+    assert budget.usage.completion_tokens_details.reasoning_tokens == 3  # then </think>, then the answer
+    assert budget.choices[0].message.content
+    hidden = chat(client, extra_body={"reasoning": {"exclude": True}})
+    assert "reasoning_content" not in hidden.choices[0].message.model_dump(exclude_none=True)
+
+
+def test_chat_logprobs(client):
+    r = chat(client, logprobs=True, top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == 6 and all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in entries)
+    assert all(e.top_logprobs[0].logprob >= e.logprob for e in entries)
+
+
+def test_completions_stream_and_not_and_stop_strings(client):
+    args = dict(model="tiny", prompt="Once upon a time", max_tokens=8, seed=3, logprobs=2)
+    whole = client.completions.create(**args)
+    text = whole.choices[0].text
+    assert len(whole.choices[0].logprobs.tokens) == 8 and whole.usage.completion_tokens == 8
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**args, stream=True) if c.choices)
+    assert streamed == text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = client.completions.create(**args, stop=[stop])
+    assert cut.choices[0].text == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_models_health_and_metrics(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("dsv4_requests_total", "dsv4_generation_tokens_total", "dsv4_queue_depth",
+                 "dsv4_time_to_first_token_seconds_count", "dsv4_inter_token_latency_seconds_bucket"):
+        assert name in metrics
+
+
+@pytest.mark.parametrize("kw, error, param", [
+    (dict(temperature=-1), openai.BadRequestError, "temperature"),
+    (dict(top_p=0), openai.BadRequestError, "top_p"),
+    (dict(logprobs=True, top_logprobs=30), openai.BadRequestError, "top_logprobs"),
+    (dict(n=2), openai.BadRequestError, "n"),
+    (dict(messages=[{"role": "wizard", "content": "x"}]), openai.BadRequestError, "messages[0].role"),
+    (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+          tool_choice={"type": "function", "function": {"name": "g"}}), openai.BadRequestError, "tool_choice"),
+    (dict(model="no-such-model"), openai.NotFoundError, "model"),
+    (dict(messages=[{"role": "user", "content": "word " * 300}]), openai.APIStatusError, "messages"),
+])
+def test_bad_requests_get_an_openai_error_with_the_right_status(client, kw, error, param):
+    with pytest.raises(error) as info:
+        chat(client, **kw)
+    body = info.value.body
+    assert body["param"] == param and body["message"] and info.value.status_code in (400, 404, 413)
+    if param == "messages":
+        assert info.value.status_code == 413 and body["code"] == "context_length_exceeded"
+
+
+def test_malformed_bodies_are_400_and_the_worker_lives(client, server):
+    for raw in (b"{not json", b'{"model": "tiny"}', b'{"model": "tiny", "messages": "hi"}'):
+        r = httpx.post(f"{server.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert chat(client).choices[0].finish_reason == "length"
+
+
+def test_api_key_and_bounded_queue(model):
+    state = make_state(model, model_name="tiny", api_key="sekret", config=EngineConfig(max_waiting=0))
+    with BackgroundServer(state) as srv:
+        wrong = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="guess", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            chat(wrong)
+        right = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sekret", max_retries=0)
+        with pytest.raises(openai.RateLimitError, match="queue is full"):
+            chat(right)  # a queue of 0: every request is over the bound
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+
+
+def test_a_client_that_disconnects_cancels_its_generation(server):
+    engine = server.state.loop.engine
+    body = {"model": "tiny", "messages": HI, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+        next(r.iter_lines())
+        seq = next(iter(engine.sequences.values()))
+    deadline = time.monotonic() + 10
+    while not seq.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seq.finish_reason == "cancelled" and len(seq.output) < 200 and seq.cache is None
