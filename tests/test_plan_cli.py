@@ -49,8 +49,8 @@ def test_table_lists_every_recipe_and_every_catalog_device(capsys):
 def test_plot_writes_a_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "speeds.png"
-    rc, out, _ = run(capsys, "tiny", "--recipe", "BF16", "--plot", str(path))
-    assert rc == 0 and f"wrote {path}" in out
+    rc, out, err = run(capsys, "tiny", "--recipe", "BF16", "--json", "--plot", str(path))
+    assert rc == 0 and json.loads(out)["recipe"] == "BF16" and f"wrote {path}" in err
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

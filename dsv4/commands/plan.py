@@ -11,8 +11,7 @@ from dsv4.config import ConfigError
 from dsv4.plan.catalog import KINDS
 from dsv4.plan.errors import PlanError
 from dsv4.plan.kv import KV_ITEMSIZE
-from dsv4.plan.ladder import (QUALITY_FILE, catalog_systems, device_plans, read_quality, recipe_plans,
-                              speed_grid)
+from dsv4.plan.ladder import catalog_systems, device_plans, read_quality, recipe_plans, speed_grid
 from dsv4.plan.planner import Plan, Workload, make_plan, model_facts, resolve_config
 from dsv4.plan.plot import plot_speeds
 from dsv4.plan.report import format_devices, format_ladder, format_plan, plan_dict
@@ -43,8 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--disk", default="nvme-gen4", help="disk for experts that fit nowhere else, or 'none'")
     p.add_argument("--disk-bandwidth", type=float, help="disk read bandwidth in GB/s")
     p.add_argument("--headroom", type=float, default=0.1, help="fraction of each memory kept free (default 0.1)")
-    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    p.add_argument("--table", action="store_true", help="print the recipe ladder and the device table")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    out.add_argument("--table", action="store_true", help="also print the recipe ladder and the device table")
     p.add_argument("--plot", metavar="PNG", help="write the tokens/s-per-recipe chart of every device here")
     p.set_defaults(func=run)
 
@@ -85,9 +85,9 @@ def print_tables(args: argparse.Namespace, plan: Plan) -> None:
     plans, skipped = recipe_plans(plan.facts, plan.workload, plan.system)
     systems = catalog_systems(plan.system.host, plan.system.disk, plan.system.headroom)
     if args.table:
-        print(f"\n{format_ladder(plans, read_quality(QUALITY_FILE), skipped)}\n")
+        print(f"\n{format_ladder(plans, read_quality(), skipped)}\n")
         print(format_devices(device_plans(plan, systems)))
     if args.plot:
         title = f"{args.config}: decode at context {plan.workload.context:,}, batch {plan.workload.batch}"
         path = plot_speeds([p.weights.recipe for p in plans], speed_grid(plans, systems), title, args.plot)
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)  # stdout stays one JSON object under --json
