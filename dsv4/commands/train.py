@@ -1,0 +1,65 @@
+"""`dsv4 train`: train a V4-architecture model (Muon, MTP, gate-bias balancing) on text or chat JSONL files;
+`dsv4 train-data`: write the demo model's synthetic chat data (both live here: they are one workflow).
+
+Data parallel: `torchrun --nproc-per-node N -m dsv4.cli train ...` (gloo on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from dsv4.config import ModelConfig
+from dsv4.train.demo_model import MODELS, model_config
+from dsv4.train.distributed import init_world
+from dsv4.train.loop import CHECKPOINT, train
+from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
+from dsv4.train.train_config import TrainConfig
+
+_SKIP = {"data", "out_dir", "plot"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model (Muon + MTP + bias balancing), checkpoints and resume")
+    p.add_argument("--data", nargs="+", required=True, help=".jsonl chat records or text files")
+    p.add_argument("--out", required=True, help="run folder: ckpt.pt, metrics.jsonl, loss.png")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model", default="demo", choices=sorted(MODELS), help="architecture (default: demo)")
+    model.add_argument("--model-config", help="a config.json (any dialect ModelConfig reads) instead of --model")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT} when it exists")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--no-plot", action="store_true", help="skip the loss plot (no matplotlib needed)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in _SKIP:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    p.set_defaults(func=run)
+
+    d = subparsers.add_parser("train-data", help="write synthetic task conversations (V4 chat format) as JSONL")
+    d.add_argument("--out", required=True, help="output .jsonl")
+    d.add_argument("--n", type=int, required=True, help="number of tasks")
+    d.add_argument("--seed", type=int, default=0)
+    for mode, weight in DEFAULT_MIX.items():
+        d.add_argument(f"--{mode}", type=float, default=weight, help=f"share of {mode} mode (default {weight})")
+    d.set_defaults(func=run_data)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIP}
+    cfg = TrainConfig(data=args.data, out_dir=args.out, plot=not args.no_plot, **values)
+    model_cfg = ModelConfig.from_file(args.model_config) if args.model_config else model_config(args.model)
+    ckpt = Path(args.out) / CHECKPOINT
+    run_ = train(cfg, model_cfg, resume_from=ckpt if args.resume and ckpt.exists() else None, world=init_world())
+    if run_.world.is_main:
+        print(f"done: step {run_.step}, checkpoint {ckpt}")
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    records = task_records(args.n, args.seed, {"chat": args.chat, "think": args.think, "tools": args.tools})
+    write_jsonl(records, args.out)
+    print(f"wrote {len(records)} records to {args.out}")
+    return 0
