@@ -4,8 +4,8 @@ step.
 An item is `units` equal pieces (a byte of dense weights, one routed expert of one layer, one embedding row) with a
 heat: the bytes one decode step reads per stored byte (1 for dense weights, the chance an expert is picked).
 Items go hottest first into the fastest tier with room, then the next: for a step time of sum(reads / bandwidth)
-this greedy split is optimal (moving a hotter byte to a faster tier never costs), and more capacity on any tier
-never moves a byte to a slower one.
+this greedy split is optimal up to the unit left over at each tier's edge (moving a hotter byte to a faster tier
+never costs), and more capacity on any tier never moves a byte to a slower one.
 """
 from __future__ import annotations
 
