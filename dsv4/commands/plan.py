@@ -8,7 +8,7 @@ import json
 import sys
 
 from dsv4.config import ConfigError
-from dsv4.plan.catalog import KINDS
+from dsv4.plan.catalog import KINDS, names
 from dsv4.plan.errors import PlanError
 from dsv4.plan.kv import KV_ITEMSIZE
 from dsv4.plan.ladder import catalog_systems, device_plans, read_quality, recipe_plans, speed_grid
@@ -32,14 +32,15 @@ def register(subparsers) -> None:
                    "(1,048,576 for Flash and Pro; default 4096 or that max if smaller)")
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     p.add_argument("--kv-dtype", default="bf16", choices=list(KV_ITEMSIZE), help="KV cache entry dtype")
-    p.add_argument("--device", help="catalog device (default rtx-4090; see --table for the list)")
+    p.add_argument("--device", help=f"catalog device, default rtx-4090: {names(DEVICE_KINDS)}")
     p.add_argument("--vram", type=float, help="device memory in GiB (overrides the catalog; with --bandwidth "
                    "and no --device: a custom device)")
     p.add_argument("--bandwidth", type=float, help="device memory bandwidth in GB/s")
-    p.add_argument("--host", help="host RAM behind a GPU: catalog memory or 'none' (default ddr5-desktop)")
+    p.add_argument("--host", help=f"host RAM behind a GPU or 'none', default ddr5-desktop: {names(('host',))}")
     p.add_argument("--ram", type=float, help="host RAM in GiB (overrides the catalog)")
     p.add_argument("--ram-bandwidth", type=float, help="host RAM bandwidth in GB/s")
-    p.add_argument("--disk", default="nvme-gen4", help="disk for experts that fit nowhere else, or 'none'")
+    p.add_argument("--disk", default="nvme-gen4", help=f"disk for experts that fit nowhere else or 'none', "
+                   f"default nvme-gen4: {names(('disk',))}")
     p.add_argument("--disk-bandwidth", type=float, help="disk read bandwidth in GB/s")
     p.add_argument("--headroom", type=float, default=0.1, help="fraction of each memory kept free (default 0.1)")
     out = p.add_mutually_exclusive_group()

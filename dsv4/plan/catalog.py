@@ -56,10 +56,14 @@ CATALOG: dict[str, Memory] = {m.name: m for m in [
 ]}
 
 
+def names(kinds: tuple[str, ...] = KINDS) -> str:
+    """The catalog names of the entries of `kinds`, comma-separated."""
+    return ", ".join(n for n, m in CATALOG.items() if m.kind in kinds)
+
+
 def lookup(name: str, kinds: tuple[str, ...] = KINDS) -> Memory:
     """The catalog entry `name` of one of `kinds`, or PlanError listing the valid names."""
     entry = CATALOG.get(name)
     if entry is None or entry.kind not in kinds:
-        valid = ", ".join(n for n, m in CATALOG.items() if m.kind in kinds)
-        raise PlanError(f"unknown {'/'.join(kinds)} memory {name!r}; valid: {valid}")
+        raise PlanError(f"unknown {'/'.join(kinds)} memory {name!r}; valid: {names(kinds)}")
     return entry
