@@ -96,3 +96,19 @@ def test_input_dim_not_a_multiple_of_the_block_is_rejected(fmt, cols):
 def test_wrong_input_width_is_rejected():
     with pytest.raises(QuantShapeError, match="expected 512"):
         QuantLinear.from_weight(W, "q8_0")(torch.randn(3, 256))
+
+
+def test_forward_dequantizes_at_most_one_tile_of_rows_at_a_time(monkeypatch):
+    layer = QuantLinear.from_weight(W, "q6_k")
+    layer.tile_rows = 32
+    seen = []
+    original = layer.dequantize
+
+    def spy(rows=slice(None)):
+        out = original(rows)
+        seen.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(layer, "dequantize", spy)
+    layer(X)
+    assert seen == [32, 32, 32]
