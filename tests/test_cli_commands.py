@@ -10,15 +10,7 @@ from dsv4.chat import encode_messages_ids, load_tokenizer, parse_completion
 from dsv4.cli import main
 from dsv4.engine import model_path
 from tiny_models import random_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,9 @@
 """Cache row operations: sequences at different positions stacked into one batch decode as they do alone."""
-import pytest
 import torch
 
 from dsv4.cache import select_rows, stack_caches
 from tiny_models import random_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def prefilled(model, n: int, seed: int):

@@ -5,23 +5,14 @@ import time
 import httpx
 import openai
 import pytest
-import torch
 
 from dsv4.chat import encode_messages_ids
 from dsv4.engine import EngineConfig
 from dsv4.server.run import BackgroundServer, make_state
 from tiny_models import random_model
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 HI = [{"role": "user", "content": "Hi there"}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread is ~10x faster than contended threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

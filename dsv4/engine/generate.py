@@ -30,14 +30,7 @@ def stream_tokens(engine: Engine, seq: Sequence) -> Iterator[TokenEvent]:
 def stream_text(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
                 stop: list[str] | tuple[str, ...] = ()) -> Iterator[str]:
     """Text pieces of a raw completion of `prompt` ids; stops at EOS, a stop string or max_tokens."""
-    seq = engine.add(prompt, params)
-    decoder = TextDecoder(tokenizer, stop, engine.config.eos_ids)
-    with closing(stream_tokens(engine, seq)) as events:  # leaving early cancels the sequence
-        for event in events:
-            yield decoder.push(event.token)
-            if decoder.stopped:
-                break
-    yield decoder.finish()
+    yield from _decoded(engine, engine.add(prompt, params), TextDecoder(tokenizer, stop, engine.config.eos_ids))
 
 
 def generate_text(engine: Engine, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
@@ -51,7 +44,12 @@ def stream_chat(engine: Engine, tokenizer: Tokenizer, messages: list[dict], para
     """Deltas (reasoning, content, tool calls) of the assistant's reply to `messages`."""
     prompt = render_messages(messages, thinking=thinking, reasoning_effort=reasoning_effort, tools=tools)
     seq = engine.add(tokenizer.encode_prompt(prompt), params, in_reasoning=prompt.opens_reasoning)
-    decoder = ChatDecoder(tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools, stop=stop)
+    yield from _decoded(engine, seq, ChatDecoder(tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools,
+                                                 stop=stop))
+
+
+def _decoded(engine: Engine, seq: Sequence, decoder: TextDecoder | ChatDecoder) -> Iterator:
+    """The decoder's piece per token, then its tail; a stop string ends (and cancels) the sequence."""
     with closing(stream_tokens(engine, seq)) as events:  # leaving early cancels the sequence
         for event in events:
             yield decoder.push(event.token)

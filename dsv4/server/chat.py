@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 from dsv4.chat import ChatDelta, Tokenizer, merge_deltas
 from dsv4.engine.text import ChatDecoder
@@ -33,6 +32,9 @@ class ChatRun:
         async for delta, event in self.gen.decoded(self.decoder, request):
             lp = R.chat_logprobs(self.tokenizer, event) if event is not None and self.body.logprobs else None
             yield delta, lp
+
+    def chunk(self, choices: list[dict], **extra) -> dict:
+        return R.envelope("chat.completion.chunk", self.rid, self.body.model, choices, **extra)
 
     def usage(self) -> dict:
         return R.usage(len(self.gen.seq.prompt), self.gen.generated, self.gen.cached_tokens,
@@ -70,9 +72,8 @@ async def chat_response(run: ChatRun, request: Request) -> dict:
 
 
 async def chat_stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
-    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return R.sse(R.envelope("chat.completion.chunk", run.rid, run.body.model, [choice]))
+    def chunk(delta: dict, logprobs: dict | None = None) -> str:
+        return R.sse(run.chunk([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]))
 
     yield chunk({"role": "assistant", "content": ""})
     has_calls = False
@@ -81,14 +82,12 @@ async def chat_stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
         has_calls = has_calls or bool(delta.tool_calls)
         if body or lp:
             yield chunk(body, logprobs={"content": [lp]} if lp else None)
-    yield chunk({}, run.finish_reason(has_calls))
-    if run.body.stream_options and run.body.stream_options.include_usage:
-        yield R.sse(R.envelope("chat.completion.chunk", run.rid, run.body.model, [], usage=run.usage()))
-    yield R.sse("[DONE]")
+    final = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": run.finish_reason(has_calls)}
+    usage = run.usage() if run.body.include_usage else None
+    for frame in R.stream_tail(run.chunk([final]), run.chunk([], usage=usage) if usage else None):
+        yield frame
 
 
 async def chat_completions(state: ServerState, body: ChatRequest, request: Request):
     run = start_chat(state, body)
-    if body.stream:
-        return StreamingResponse(chat_stream(run, request), media_type="text/event-stream")
-    return await chat_response(run, request)
+    return await R.reply(body.stream, chat_stream(run, request), lambda: chat_response(run, request))

@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 from dsv4.engine import TokenEvent
 from dsv4.engine.text import TextDecoder
@@ -59,14 +58,11 @@ async def completion_stream(run: CompletionRun, request: Request) -> AsyncIterat
     async for text, event in run.gen.decoded(run.decoder, request):
         if text or event is not None:
             yield R.sse(run.chunk([run.choice(text, [event] if event is not None else [], None)]))
-    yield R.sse(run.chunk([run.choice("", [], run.finish_reason())]))
-    if run.body.stream_options and run.body.stream_options.include_usage:
-        yield R.sse(run.chunk([], usage=run.usage()))
-    yield R.sse("[DONE]")
+    usage = run.chunk([], usage=run.usage()) if run.body.include_usage else None
+    for frame in R.stream_tail(run.chunk([run.choice("", [], run.finish_reason())]), usage):
+        yield frame
 
 
 async def completions(state: ServerState, body: CompletionRequest, request: Request):
     run = start_completion(state, body)
-    if body.stream:
-        return StreamingResponse(completion_stream(run, request), media_type="text/event-stream")
-    return await completion_response(run, request)
+    return await R.reply(body.stream, completion_stream(run, request), lambda: completion_response(run, request))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi.responses import StreamingResponse
 
 from dsv4.chat import ChatDelta, Tokenizer
 from dsv4.engine import TokenEvent
@@ -19,6 +22,19 @@ def envelope(kind: str, rid: str, model: str, choices: list[dict], **extra) -> d
 
 def sse(body: dict | str) -> str:
     return f"data: {body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def stream_tail(final: dict, usage_chunk: dict | None) -> list[str]:
+    """The last SSE frames: the finish chunk, the usage chunk when asked for, and `[DONE]`."""
+    return [sse(final), *([sse(usage_chunk)] if usage_chunk else []), sse("[DONE]")]
+
+
+async def reply(stream: bool, frames: AsyncIterator[str], whole: Callable[[], Awaitable[dict]]):
+    """An SSE response of `frames`, or the awaited whole body."""
+    if stream:
+        return StreamingResponse(frames, media_type="text/event-stream")
+    await frames.aclose()  # never started; closed so nothing is left pending
+    return await whole()
 
 
 def usage(prompt: int, completion: int, cached: int, reasoning: int) -> dict:

@@ -49,6 +49,10 @@ class Sampling(_Body):
     stream_options: StreamOptions | None = None
     n: int = 1
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
 
 class ChatRequest(Sampling):
     messages: list[dict[str, Any]]

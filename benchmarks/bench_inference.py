@@ -1,0 +1,148 @@
+"""Inference speed of dsv4 vs `transformers` on the same random weights of a small-but-real V4 config.
+
+Measures prefill tokens/s, time to first token, decode tokens/s at batch 1 and batch 8, and peak memory (RSS
+growth over an idle process). Each framework runs in its own subprocess so peak memory is its own.
+Each number is the best of 3 runs. Prints a Markdown table and writes JSON.
+
+    python benchmarks/bench_inference.py [--prompt 256] [--decode 32] [--threads 2] [--out bench_inference.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+# Every V4 feature (sliding, CSA, HCA, hash + routed MoE, mHC) at a size a laptop CPU runs in seconds.
+CONFIG = dict(vocab_size=32000, hidden_size=512, num_hidden_layers=4, compress_ratios=[0, 4, 128, 4],
+              num_attention_heads=8, head_dim=64, qk_rope_head_dim=16, q_lora_rank=256, o_groups=2,
+              o_lora_rank=128, sliding_window=128, n_routed_experts=16, num_experts_per_tok=2,
+              moe_intermediate_size=256, num_hash_layers=1, hc_mult=2, index_n_heads=4, index_head_dim=32,
+              index_topk=64, max_position_embeddings=4096,
+              rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 256,
+                            "beta_fast": 32, "beta_slow": 1})
+BATCH = 8
+
+
+def build_checkpoint(path: Path) -> None:
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DeepseekV4ForCausalLM(DeepseekV4Config(**CONFIG)).float().save_pretrained(path)
+
+
+def prompts(n: int, length: int) -> torch.Tensor:
+    return torch.randint(2, CONFIG["vocab_size"], (n, length), generator=torch.Generator().manual_seed(1))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best(measure, repeats: int = 3) -> float:
+    """The fastest of a few runs: the machine is shared, slower runs measure the neighbours."""
+    return min(measure() for _ in range(repeats))
+
+
+def dsv4_times(path: Path, length: int, new: int) -> dict:
+    """(ttft, decode seconds at batch 1, decode seconds at batch 8) with the dsv4 engine."""
+    from dsv4 import load_model
+    from dsv4.engine import Engine, EngineConfig, SamplingParams
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no MTP weights": transformers does not save them
+        model = load_model(path, dtype=torch.float32)
+    engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset()))
+    ids = prompts(BATCH, length).tolist()
+
+    def run(rows: list[list[int]], tokens: int) -> tuple[float, float]:
+        seqs = [engine.add(r, SamplingParams(temperature=0, max_tokens=tokens)) for r in rows]
+        first = timed(lambda: [engine.step() for _ in iter(lambda: all(s.output for s in seqs), True)])
+        rest = timed(lambda: [engine.step() for _ in iter(lambda: not engine.has_work(), True)])
+        return first, rest
+
+    run(ids[:1], 2)  # warm-up
+    return {"ttft": best(lambda: run(ids[:1], 1)[0]), "decode_b1": best(lambda: run(ids[:1], new + 1)[1]),
+            "decode_b8": best(lambda: run(ids, new + 1)[1])}
+
+
+def hf_times(path: Path, length: int, new: int) -> dict:
+    from transformers import DeepseekV4ForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DeepseekV4ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = prompts(BATCH, length)
+
+    def gen(batch: torch.Tensor, tokens: int) -> float:
+        kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            return timed(lambda: model.generate(batch, **kw))
+
+    gen(ids[:1], 2)  # warm-up
+    ttft, ttft8 = best(lambda: gen(ids[:1], 1)), best(lambda: gen(ids, 1))
+    return {"ttft": ttft, "decode_b1": best(lambda: gen(ids[:1], new + 1)) - ttft,
+            "decode_b8": best(lambda: gen(ids, new + 1)) - ttft8}
+
+
+def rss_kib(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def child(framework: str, path: str, length: int, new: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    import transformers  # noqa: F401  (same baseline for both frameworks)
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from the idle process
+    base = rss_kib("VmRSS")
+    times = (dsv4_times if framework == "dsv4" else hf_times)(Path(path), length, new)
+    peak = rss_kib("VmHWM") - base
+    return {"framework": framework, "prefill_tok_s": length / times["ttft"], "ttft_ms": 1000 * times["ttft"],
+            "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
+            "peak_mem_mib": peak / 1024}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| framework | prefill tok/s | TTFT ms | decode tok/s (b=1) | decode tok/s (b=8) | peak MiB |\n"
+            "|---|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['framework']} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['decode_b1_tok_s']:.1f} | "
+             f"{r['decode_b8_tok_s']:.1f} | {r['peak_mem_mib']:.0f} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt", type=int, default=256, help="prompt tokens")
+    p.add_argument("--decode", type=int, default=32, help="tokens decoded per sequence")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady numbers on a shared machine)")
+    p.add_argument("--out", default="bench_inference.json")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_checkpoint(Path(tmp))
+        rows = []
+        for framework in ("dsv4", "transformers"):  # a fresh process each: its own peak memory
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                rows.append(pool.submit(child, framework, tmp, args.prompt, args.decode, args.threads).result())
+    print(table(rows))
+    meta = {"config": CONFIG, "prompt": args.prompt, "decode": args.decode, "batch": BATCH, "threads": args.threads,
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
