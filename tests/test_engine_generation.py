@@ -100,3 +100,14 @@ def test_the_reasoning_budget_closes_the_think_block(model):
     run(engine, [])
     assert seq.output[3] == end_think and seq.reasoning_tokens == seq.output[:3].count(end_think) + 3
     assert not seq.in_reasoning
+
+
+def test_the_answer_prefix_is_forced_after_the_think_block(model):
+    engine = Engine(model, EngineConfig(eos_ids=NO_EOS))
+    prefix = (11, 12, 13)
+    thinking = engine.add(prompts(6)[0], SamplingParams(max_tokens=7, seed=0, reasoning_budget=2, end_think_id=7,
+                                                        answer_prefix=prefix), in_reasoning=True)
+    direct = engine.add(prompts(6)[1], SamplingParams(max_tokens=5, seed=0, answer_prefix=prefix))
+    run(engine, [])
+    assert thinking.output[2] == 7 and tuple(thinking.output[3:6]) == prefix
+    assert tuple(direct.output[:3]) == prefix

@@ -48,9 +48,12 @@ class ScriptedModel:
 
 
 @pytest.fixture(scope="module")
-def client():
-    tok = load_tokenizer()
-    model = ScriptedModel(tok.encode(SCRIPT), len(encode_messages_ids(ASK, thinking=True, tools=TOOLS)))
+def model():
+    return ScriptedModel(load_tokenizer().encode(SCRIPT), len(encode_messages_ids(ASK, thinking=True, tools=TOOLS)))
+
+
+@pytest.fixture(scope="module")
+def client(model):
     with BackgroundServer(make_state(model, model_name="scripted")) as srv:
         yield openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
 
@@ -89,3 +92,18 @@ def test_tool_choice_none_renders_the_prompt_without_tools(client):
     assert r.usage.prompt_tokens == len(encode_messages_ids(ASK, thinking=True))
     named = ask(client, tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=1)
     assert named.usage.prompt_tokens == len(encode_messages_ids(ASK, thinking=True, tools=TOOLS))
+
+
+def test_a_named_tool_choice_makes_the_answer_open_that_call(client, model, monkeypatch):
+    tok = load_tokenizer()
+    opening = tok.encode('\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="get_weather">\n')
+    rest = ('<｜DSML｜parameter name="city" string="true">Rome</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
+            '</｜DSML｜tool_calls><｜end▁of▁sentence｜>')
+    filler = tok.encode("x")[0]  # what the model "would" say where the engine forces the opening
+    monkeypatch.setattr(model, "script", tok.encode("No tools needed.</think>") + [filler] * len(opening) + tok.encode(rest))
+    auto = ask(client).choices[0]
+    assert auto.finish_reason == "stop" and not auto.message.tool_calls
+    named = ask(client, tool_choice={"type": "function", "function": {"name": "get_weather"}}).choices[0]
+    assert named.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in named.message.tool_calls] == \
+        [("get_weather", {"city": "Rome"})]

@@ -15,6 +15,8 @@ class SamplingParams:
     temperature 0 is greedy; top_k 0, top_p 1, min_p 0 and penalties 0 (repetition 1) are off.
     presence/frequency penalties count generated tokens (OpenAI); repetition_penalty covers prompt and output.
     reasoning_budget: after this many tokens inside an open think block the engine emits `end_think_id` itself.
+    answer_prefix: ids the answer must start with (after the think block), emitted by the engine, e.g. the
+        opening of a tool-call block for `tool_choice: required`.
     """
 
     max_tokens: int = 256
@@ -31,6 +33,7 @@ class SamplingParams:
     top_logprobs: int = 0
     reasoning_budget: int | None = None
     end_think_id: int | None = None
+    answer_prefix: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check("max_tokens", self.max_tokens >= 1, "an integer >= 1", self.max_tokens)

@@ -41,7 +41,8 @@ class Sequence:
     """prompt ids, generated ids, and where the sequence stands.
 
     `num_cached` prompt tokens are in the cache (prefix reuse + prefill so far); `cached_prompt` counts those
-    taken from the prefix cache. `in_reasoning`/`reasoning_tokens` follow the think block for the budget.
+    taken from the prefix cache. `in_reasoning`, `reasoning_tokens` and `answer_tokens` follow the think block
+    for the reasoning budget and the forced answer prefix.
     """
 
     prompt: list[int]
@@ -53,6 +54,7 @@ class Sequence:
     num_cached: int = 0
     cached_prompt: int = 0
     reasoning_tokens: int = 0
+    answer_tokens: int = 0
     cache: ModelCache | None = None
     draft: int | None = None
     finish_reason: str | None = None
@@ -74,20 +76,21 @@ class Sequence:
         return self.state is State.FINISHED
 
     def forced_token(self) -> int | None:
-        """The think-block close, once the reasoning budget is spent."""
-        budget = self.params.reasoning_budget
-        if self.in_reasoning and budget is not None and self.reasoning_tokens >= budget:
-            return self.params.end_think_id
-        return None
+        """The think-block close once the reasoning budget is spent; then the answer prefix, token by token."""
+        budget, prefix = self.params.reasoning_budget, self.params.answer_prefix
+        if self.in_reasoning:
+            return self.params.end_think_id if budget is not None and self.reasoning_tokens >= budget else None
+        return prefix[self.answer_tokens] if self.answer_tokens < len(prefix) else None
 
     def append(self, token: int, eos_ids: frozenset[int], context: int) -> str | None:
         """Record a generated token; return the finish reason it causes (None: go on)."""
         self.output.append(token)
-        if self.in_reasoning:
-            if token == self.params.end_think_id:
-                self.in_reasoning = False
-            else:
-                self.reasoning_tokens += 1
+        if not self.in_reasoning:
+            self.answer_tokens += 1
+        elif token == self.params.end_think_id:
+            self.in_reasoning = False
+        else:
+            self.reasoning_tokens += 1
         if token in eos_ids or token in self.params.stop_token_ids:
             return "stop"
         if len(self.output) >= self.params.max_tokens or len(self.tokens) >= context:

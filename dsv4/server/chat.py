@@ -12,7 +12,8 @@ from dsv4.server import responses as R
 from dsv4.server.generation import Generation
 from dsv4.server.schemas import ChatRequest
 from dsv4.server.state import ServerState
-from dsv4.server.translate import chat_prompt, chat_tools, sampling_params, stop_strings, thinking_mode
+from dsv4.server.translate import (chat_prompt, chat_tools, forced_call_opening, sampling_params, stop_strings,
+                                   thinking_mode)
 
 
 @dataclass
@@ -52,7 +53,8 @@ def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
     budget = mode.budget if prompt.opens_reasoning else None
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs or 0, budget=budget,
-                             end_think_id=state.tokenizer.end_think_id)
+                             end_think_id=state.tokenizer.end_think_id,
+                             answer_prefix=forced_call_opening(body, tools, state.tokenizer))
     decoder = ChatDecoder(state.tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools,
                           stop=stop_strings(body))
     gen = Generation(state.loop, state.metrics, ids, params, in_reasoning=prompt.opens_reasoning)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsv4.chat import Prompt, Tokenizer, render_messages
+from dsv4.chat import Prompt, Tokenizer, dsml, render_messages
 from dsv4.engine import SamplingParams
 from dsv4.server.errors import APIError
 from dsv4.server.schemas import ChatRequest, Sampling
@@ -55,6 +55,18 @@ def chat_tools(req: ChatRequest) -> list[dict] | None:
     return named
 
 
+def forced_call_opening(req: ChatRequest, tools: list[dict] | None, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """With `tool_choice` required or named, the answer starts with a tool-call block (and the named invoke);
+    the model writes the rest. No grammar: the arguments are still the model's own."""
+    choice = req.tool_choice
+    if not tools or choice in (None, "auto", "none"):
+        return ()
+    text = f"{dsml.BLOCK_SEPARATOR}{dsml.OPEN_BLOCK}\n{dsml.OPEN_INVOKE} name=\""
+    if isinstance(choice, dict):
+        text += f'{tools[0]["function"]["name"]}">\n'
+    return tuple(tokenizer.encode(text))
+
+
 def chat_prompt(req: ChatRequest, tokenizer: Tokenizer, mode: ThinkingMode,
                 tools: list[dict] | None) -> tuple[Prompt, list[int]]:
     prompt = render_messages(req.messages, thinking=mode.enabled, reasoning_effort=mode.effort if mode.enabled
@@ -70,8 +82,8 @@ def stop_strings(req: Sampling) -> list[str]:
 
 
 def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs: bool = False,
-                    top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None
-                    ) -> SamplingParams:
+                    top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None,
+                    answer_prefix: tuple[int, ...] = ()) -> SamplingParams:
     """Engine parameters; max_tokens defaults to the room left in the context (temperature, top_p: 1.0)."""
     if req.n != 1:
         raise APIError(400, f"n: expected 1 (one choice per request), found {req.n}", param="n")
@@ -81,4 +93,4 @@ def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs
                                           "frequency_penalty", "repetition_penalty") if getattr(req, k) is not None}
     return SamplingParams(max_tokens=max_tokens, seed=req.seed, stop_token_ids=tuple(req.stop_token_ids or ()),
                           logprobs=logprobs, top_logprobs=top_logprobs, reasoning_budget=budget,
-                          end_think_id=end_think_id, **given)
+                          end_think_id=end_think_id, answer_prefix=answer_prefix, **given)
