@@ -1,5 +1,6 @@
 """The server over real HTTP on loopback, driven by the official `openai` client: chat (stream and not),
 reasoning fields, completions, models, health, metrics, every error status, and cancel-on-disconnect."""
+import json
 import time
 
 import httpx
@@ -118,10 +119,13 @@ def test_bad_requests_get_an_openai_error_with_the_right_status(client, kw, erro
 
 
 def test_malformed_bodies_are_400_and_the_worker_lives(client, server):
-    for raw in (b"{not json", b'{"model": "tiny"}', b'{"model": "tiny", "messages": "hi"}'):
-        r = httpx.post(f"{server.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    url = f"{server.url}/v1/chat/completions"
+    for raw in (b"{not json", b"\xff\xfe", b"[]", b'{"model": "tiny"}', b'{"model": "tiny", "messages": "hi"}'):
+        r = httpx.post(url, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert chat(client).choices[0].finish_reason == "length"
+    as_form = httpx.post(url, content=json.dumps({"model": "tiny", "messages": HI, "max_tokens": 2}))  # curl -d
+    assert as_form.status_code == 200 and as_form.json()["usage"]["completion_tokens"] == 2
 
 
 def test_api_key_and_bounded_queue(model):

@@ -5,14 +5,16 @@ GET /metrics. With an API key, /v1 routes need `Authorization: Bearer KEY`.
 """
 from __future__ import annotations
 
+import json
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ValidationError
 
 from dsv4.server.chat import chat_completions
 from dsv4.server.completions import completions
-from dsv4.server.errors import APIError, install_handlers
+from dsv4.server.errors import APIError, install_handlers, invalid_body
 from dsv4.server.schemas import ChatRequest, CompletionRequest
 from dsv4.server.state import ServerState
 
@@ -51,12 +53,24 @@ def _state(request: Request) -> ServerState:
     return request.app.state.dsv4
 
 
-async def _chat(body: ChatRequest, request: Request):
-    return await chat_completions(_state(request), body, request)
+async def parse_body(request: Request, schema: type[BaseModel]) -> BaseModel:
+    """The JSON body validated by `schema`, whatever the Content-Type header says (curl -d sends a form type)."""
+    try:
+        raw = json.loads(await request.body())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise APIError(400, f"invalid request body: not JSON ({e})") from None
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise invalid_body(e.errors()) from None
 
 
-async def _completions(body: CompletionRequest, request: Request):
-    return await completions(_state(request), body, request)
+async def _chat(request: Request):
+    return await chat_completions(_state(request), await parse_body(request, ChatRequest), request)
+
+
+async def _completions(request: Request):
+    return await completions(_state(request), await parse_body(request, CompletionRequest), request)
 
 
 async def _models(request: Request) -> dict:

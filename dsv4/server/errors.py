@@ -35,10 +35,11 @@ def from_library(exc: Exception) -> APIError:
     raise exc
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+def invalid_body(errors: list[dict]) -> APIError:
+    """A 400 naming the first offending field of a schema validation."""
+    first = errors[0] if errors else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    return f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed')}", where
+    return APIError(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed')}", param=where)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -48,8 +49,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
-        return APIError(400, message, param=param).response()
+        return invalid_body(list(exc.errors())).response()
 
     @app.exception_handler(EngineError)
     async def _engine(_: Request, exc: EngineError):
