@@ -113,6 +113,17 @@ class ModelCache:
         for dst, src in zip(live, snap["tensors"], strict=True):
             dst.copy_(src)
 
+    def restore_rows(self, snap: dict, rows: list[int]) -> None:
+        """Roll back only the given batch rows to a snapshot of this cache; the other rows keep their state."""
+        if not rows:
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.pos.device)
+        self.pos = self.pos.clone()
+        self.pos[index] = snap["pos"][index]
+        live = [t for layer in self.layers + self.mtp for t in _layer_tensors(layer, entries=False)]
+        for dst, src in zip(live, snap["tensors"], strict=True):
+            dst[index] = src[index]
+
 
 def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()

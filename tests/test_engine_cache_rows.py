@@ -39,3 +39,17 @@ def test_selected_rows_are_copies():
     model(torch.tensor([[3]]), copy)
     assert cache.pos.tolist() == [9] and copy.pos.tolist() == [10]
     assert not torch.equal(cache.layers[0].window, copy.layers[0].window)
+
+
+def test_restoring_some_rows_leaves_the_others_advanced():
+    model = random_model()
+    batch = stack_caches([prefilled(model, 6, seed=2), prefilled(model, 11, seed=3)])
+    before = select_rows(batch, [0, 1])
+    snap = batch.snapshot()
+    model(torch.tensor([[4, 5], [6, 7]]), batch)
+    advanced = select_rows(batch, [1])
+    batch.restore_rows(snap, [0])
+    assert batch.pos.tolist() == [6, 13]
+    step = torch.tensor([[9]])
+    torch.testing.assert_close(model(step, select_rows(batch, [0])), model(step, select_rows(before, [0])))
+    torch.testing.assert_close(model(step, select_rows(batch, [1])), model(step, advanced))

@@ -1,8 +1,8 @@
 """The engine: continuous batching over sequences, one `step()` at a time (synchronous; see `loop.py`).
 
 Each step the scheduler admits waiting requests, feeds prompt chunks (chunked prefill) and advances every
-decoding sequence by one token in one batched forward, or, with speculative decoding, by up to two tokens per
-sequence (MTP draft + verification, `speculative.py`). Finished and cancelled sequences leave between steps.
+decoding sequence in one batched forward: by one token, or with speculative decoding by up to two tokens
+(MTP draft + verification, `speculative.py`). Finished and cancelled sequences leave between steps.
 """
 from __future__ import annotations
 
@@ -77,10 +77,7 @@ class Engine:
         events = []
         for seq, n in plan.prefill:
             events += self._prefill(seq, n)
-        if plan.decode and self.spec:
-            for seq in plan.decode:
-                events += self._finish_last(seq, self.spec.step(seq))
-        elif plan.decode:
+        if plan.decode:
             events += self._decode(plan.decode)
         return events
 
@@ -114,12 +111,16 @@ class Engine:
         return X, logits
 
     def _decode(self, seqs: list[Sequence]) -> list[TokenEvent]:
+        """One batched forward over every decoding sequence (two tokens per row with speculation)."""
         cache, order = self.batch.assemble(seqs)
-        _, logits = self.runner.forward([[s.output[-1]] for s in order], cache)
-        events = [self._choose(s, logits[i]) for i, s in enumerate(order)]
-        for s, e in zip(order, events):
-            self._finish_last(s, [e])
-        return events
+        if self.spec:
+            per_row = self.spec.step(order, cache)
+        else:
+            _, logits = self.runner.forward([[s.output[-1]] for s in order], cache)
+            per_row = [[self._choose(s, logits[i])] for i, s in enumerate(order)]
+        for s, events in zip(order, per_row):
+            self._finish_last(s, events)
+        return [e for events in per_row for e in events]
 
     def _choose(self, seq: Sequence, logits) -> TokenEvent:
         """Sample and record one token from logits [V]; the event carries the finish reason it causes."""
