@@ -28,6 +28,12 @@ def unpack_bits(b: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     return q.reshape(nb, -1)
 
 
+def lut_decode(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Rows table[codes] for byte codes [r, n] and a table [256 or 16, *k] -> [r, n, *k] in table.dtype. index_select
+    with int32 indices is several times faster on CPU than fancy indexing (int64) or torch's float8 -> float cast."""
+    return table.index_select(0, codes.reshape(-1).int()).view(*codes.shape, *table.shape[1:])
+
+
 def f16_bytes(v: torch.Tensor) -> torch.Tensor:
     """fp32 [nb] -> its IEEE fp16 encoding (round to nearest even) as little-endian bytes [nb, 2]."""
     return v.to(torch.float16).reshape(-1, 1).view(torch.uint8)

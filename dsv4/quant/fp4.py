@@ -7,7 +7,7 @@ nibble; bit 3 of a code is the sign, bits 0-2 index E2M1_GRID) and `scale` float
 import torch
 
 from ..lowp import E2M1_GRID, E2M1_MAX, round_e2m1, ue8m0_scale
-from .bitpack import pack_bits, unpack_bits
+from .bitpack import lut_decode, pack_bits, unpack_bits
 from .errors import QuantShapeError
 from .fp8 import BLOCK, block_amax, scale_columns
 
@@ -15,6 +15,8 @@ GROUP = 32
 MIN_AMAX = 6 * 2.0**-126  # the reference's floor on a group's amax before taking its scale
 # Value of each 4-bit code: codes 0-7 are E2M1_GRID, codes 8-15 the same magnitudes negated.
 E2M1_VALUES = torch.tensor(E2M1_GRID + tuple(-v for v in E2M1_GRID), dtype=torch.float32)
+# The two values of every packed byte (low nibble first): one lookup decodes a byte without unpacking nibbles.
+E2M1_PAIRS = torch.stack([E2M1_VALUES.repeat(16), E2M1_VALUES.repeat_interleave(16)], 1)  # [256, 2]
 
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
@@ -44,9 +46,14 @@ def quantize_fp4(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, t
     return pack_fp4(codes), s.squeeze(-1).to(torch.float8_e8m0fnu)
 
 
+def _values(packed: torch.Tensor) -> torch.Tensor:
+    """int8 [r, n/2] -> unscaled e2m1 values fp32 [r, n]."""
+    return lut_decode(E2M1_PAIRS, packed.view(torch.uint8)).reshape(packed.shape[0], -1)
+
+
 def dequantize_fp4(weight: torch.Tensor, scale: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
     """Rows `rows` of an MXFP4 weight: int8 [out, in/2] and e8m0 [out, in/32] -> fp32 [r, in]."""
-    return scale_columns(E2M1_VALUES[unpack_fp4(weight[rows]).long()], scale[rows].float(), GROUP)
+    return scale_columns(_values(weight[rows]), scale[rows].float(), GROUP)
 
 
 def fp4_to_fp8(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,5 +65,5 @@ def fp4_to_fp8(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor,
     s = scale.float()
     block = block_amax(s, BLOCK, BLOCK // GROUP) / 2**6  # [ceil(out/128), ceil(in/128)]
     per_group = block.repeat_interleave(BLOCK, 0)[: s.shape[0]].repeat_interleave(BLOCK // GROUP, 1)[:, : s.shape[1]]
-    values = E2M1_VALUES[unpack_fp4(weight).long()]
+    values = _values(weight)
     return scale_columns(values, s / per_group, GROUP).to(torch.float8_e4m3fn), block.to(torch.float8_e8m0fnu)

@@ -6,9 +6,12 @@ Official tensors for a weight [out, in]: `weight` float8_e4m3fn [out, in], `scal
 import torch
 
 from ..lowp import E4M3_MAX, ue8m0_scale
+from .bitpack import lut_decode
 from .errors import QuantShapeError
 
 BLOCK = 128
+# fp32 value of every e4m3 byte (torch's own conversion), decoded by table lookup: faster than the cast on CPU.
+E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
 MIN_AMAX = 1e-4  # the reference clamps a block's amax before taking its scale, so all-zero blocks get scale 2^-22
 
 
@@ -44,7 +47,7 @@ def quantize_fp8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, t
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
     """Rows `rows` of an FP8 block-scaled weight: e4m3 [out, in] and e8m0 [ceil(out/128), ceil(in/128)] -> fp32 [r, in]."""
     idx = torch.arange(weight.shape[0])[rows]
-    return scale_columns(weight[rows], scale.float()[idx // BLOCK], BLOCK)
+    return scale_columns(lut_decode(E4M3_VALUES, weight[rows].view(torch.uint8)), scale.float()[idx // BLOCK], BLOCK)
 
 
 def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
