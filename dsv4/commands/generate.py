@@ -32,4 +32,6 @@ def run(args) -> int:
     except (EngineError, ChatRequestError) as e:
         return request_error("generate", e)
     print()
+    if engine.spec:
+        print(f"[speculative decoding: {engine.spec.acceptance_rate:.0%} of MTP drafts accepted]", file=sys.stderr)
     return 0
