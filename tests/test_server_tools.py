@@ -107,3 +107,14 @@ def test_a_named_tool_choice_makes_the_answer_open_that_call(client, model, monk
     assert named.finish_reason == "tool_calls"
     assert [(c.function.name, json.loads(c.function.arguments)) for c in named.message.tool_calls] == \
         [("get_weather", {"city": "Rome"})]
+
+
+def test_an_engine_failure_fails_that_request_and_the_worker_lives(client, model, monkeypatch):
+    def broken(X):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(model, "logits", broken)
+    with pytest.raises(openai.InternalServerError, match="the server keeps serving"):
+        ask(client)
+    monkeypatch.undo()
+    assert ask(client).choices[0].finish_reason == "tool_calls"

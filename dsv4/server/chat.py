@@ -66,6 +66,7 @@ async def chat_response(run: ChatRun, request: Request) -> dict:
     async for delta, lp in run.pieces(request):
         deltas.append(delta)
         logprobs += [lp] if lp else []
+    run.gen.raise_if_failed()
     merged = merge_deltas(deltas)
     choice = {"index": 0, "message": R.message(merged, thinking=run.thinking, exclude=run.exclude),
               "logprobs": {"content": logprobs} if run.body.logprobs else None,

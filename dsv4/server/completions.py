@@ -51,6 +51,7 @@ async def completion_response(run: CompletionRun, request: Request) -> dict:
     async for text, event in run.gen.decoded(run.decoder, request):
         texts.append(text)
         events += [event] if event is not None else []
+    run.gen.raise_if_failed()
     return run.chunk([run.choice("".join(texts), events, run.finish_reason())], usage=run.usage())
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from dsv4.engine import EngineLoop, SamplingParams, TokenEvent
+from dsv4.server.errors import APIError
 from dsv4.server.metrics import Metrics
 
 _POLL_S = 0.5  # how often a waiting request checks whether its client is still there
@@ -66,6 +67,12 @@ class Generation:
                     self.cancel()
                     break
         yield decoder.finish(), None
+
+    def raise_if_failed(self) -> None:
+        """A whole (non-stream) answer whose generation failed inside the engine is a 500, not a reply."""
+        if self.finish_reason == "error":
+            raise APIError(500, "the engine failed while generating this answer (see the server log); "
+                                "the server keeps serving", "server_error")
 
     def cancel(self) -> None:
         self.done = True
