@@ -21,7 +21,7 @@ class QuantWeight(nn.Module):
     """A weight [rows, cols] held in format `fmt` as the codec's buffers, under the official checkpoint names:
     `weight` (and `scale` for fp8/fp4). Base of QuantLinear and QuantEmbedding."""
 
-    def __init__(self, cols: int, rows: int, fmt: str, name: str = "weight"):
+    def __init__(self, rows: int, cols: int, fmt: str, name: str = "weight"):
         super().__init__()
         self.codec = get_codec(fmt)
         if cols % self.codec.block:
@@ -35,10 +35,15 @@ class QuantWeight(nn.Module):
         """Quantize a float weight [rows, cols] (an nn.Linear / nn.Embedding weight) into a new module."""
         if weight.dim() != 2:
             raise QuantShapeError(f"{name}: expected a 2-D weight, found shape {tuple(weight.shape)}")
-        module = cls(weight.shape[1], weight.shape[0], fmt, name, **kwargs)
+        module = cls(*cls.shape_args(*weight.shape), fmt, name, **kwargs)
         for key, value in module.codec.quantize(weight.detach(), name).items():
             getattr(module, key).copy_(value)
         return module
+
+    @staticmethod
+    def shape_args(rows: int, cols: int) -> tuple[int, int]:
+        """The constructor's two size arguments for a weight [rows, cols] (nn.Linear and nn.Embedding differ)."""
+        raise NotImplementedError
 
     def dequantize(self, rows: Rows = slice(None)) -> torch.Tensor:
         """Dequantized rows `rows` (slice or index tensor): fp32 [r, cols]. Whole-weight use is for tests and conversion."""
@@ -50,9 +55,13 @@ class QuantLinear(QuantWeight):
     """Drop-in for nn.Linear(in_features, out_features, bias=False): forward x [..., in] -> x @ W.T [..., out] in x.dtype."""
 
     def __init__(self, in_features: int, out_features: int, fmt: str, name: str = "weight"):
-        super().__init__(in_features, out_features, fmt, name)
+        super().__init__(out_features, in_features, fmt, name)
         self.in_features, self.out_features = in_features, out_features
         self.tile_rows = max(1, TILE_ELEMS // in_features)
+
+    @staticmethod
+    def shape_args(rows: int, cols: int) -> tuple[int, int]:
+        return cols, rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -73,10 +82,14 @@ class QuantEmbedding(QuantWeight):
     """Drop-in for nn.Embedding(num_embeddings, embedding_dim): forward ids [...] -> [..., dim] in `dtype`,
     dequantizing only the looked-up rows."""
 
-    def __init__(self, embedding_dim: int, num_embeddings: int, fmt: str, name: str = "weight",
+    def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, name: str = "weight",
                  dtype: torch.dtype = torch.bfloat16):
-        super().__init__(embedding_dim, num_embeddings, fmt, name)
+        super().__init__(num_embeddings, embedding_dim, fmt, name)
         self.num_embeddings, self.embedding_dim, self.dtype = num_embeddings, embedding_dim, dtype
+
+    @staticmethod
+    def shape_args(rows: int, cols: int) -> tuple[int, int]:
+        return rows, cols
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.dequantize(ids.reshape(-1))
