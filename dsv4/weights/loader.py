@@ -1,65 +1,49 @@
-"""`load_model`: a directory with config.json + safetensors (single file, or shards with
+"""`load_model`: a checkpoint directory (config.json + safetensors, one file or shards with
 model.safetensors.index.json) using the official tensor names -> a ready Transformer.
 
-Strict: every parameter is filled, every stored tensor is used, shapes are checked; errors name the tensor.
+Strict: every parameter is filled, every stored tensor is used, shapes (and scale shapes) are checked from the
+headers before anything is read; errors name the tensor. Lazy: the model is built on the meta device and each unit
+is read, converted and placed one at a time, so the process never holds a second copy of the weights.
 """
 from __future__ import annotations
 
-import json
+import re
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors import SafetensorError
+from torch import nn
 from tqdm import tqdm
 
-from dsv4.config import ModelConfig
 from dsv4.model.transformer import Transformer, cast_model, fp32_island_names
-from dsv4.weights.names import IGNORED, official_name
+from dsv4.quant import QuantEmbedding, QuantLinear, Recipe, get_recipe
+from dsv4.quant.codecs import PLAIN
+from dsv4.weights.checkpoint import Checkpoint, CheckpointError, checkpoint_files
+from dsv4.weights.layout import Entry, plan
+from dsv4.weights.sources import FLOAT, CheckpointSource, convert
 
+__all__ = ["CheckpointError", "checkpoint_files", "load_model"]
 
-class CheckpointError(ValueError):
-    """A checkpoint is incomplete, inconsistent or unreadable; the message names the file or tensor."""
-
-
-def checkpoint_files(path: Path) -> dict[str, Path]:
-    """Stored tensor name -> the safetensors file holding it."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no 'weight_map' object")
-        missing = sorted({f for f in weight_map.values() if not (path / f).exists()})
-        if missing:
-            raise CheckpointError(f"{index}: shard {missing[0]} listed in the index is missing")
-        return {name: path / f for name, f in weight_map.items()}
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files")
-    out = {}
-    for f in files:
-        for name in _open(f).keys():
-            out[name] = f
-    return out
-
-
-def _open(f: Path):
-    try:
-        return safe_open(str(f), framework="pt")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{f}: unreadable safetensors file ({e})") from None
+# Matrices held as float even when the recipe quantizes their group, with the recipe's rounding: the model reads
+# their `.weight` directly (wo_a in a grouped einsum, as the reference whose convert.py dequantizes wo_a to BF16;
+# the head in the fp32 logits GEMM of Transformer.logits).
+FLOAT_IN_MEMORY = re.compile(r"(?:layers|mtp)\.\d+\.attn\.wo_a|head")
+_ALL_FLOAT = get_recipe("BF16")
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               simulate_quant: bool | None = None) -> Transformer:
-    """Load a checkpoint directory. simulate_quant: None = on for quantized (official FP8) checkpoints."""
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path}: no config.json")
-    cfg = ModelConfig.from_file(path / "config.json")
-    stored = {official_name(k): (k, f) for k, f in checkpoint_files(path).items() if not IGNORED.fullmatch(k)}
-    if cfg.num_nextn_predict_layers and not any(k.startswith("mtp.") for k in stored):
+               simulate_quant: bool | None = None, recipe: str | Recipe | None = None) -> Transformer:
+    """Load a checkpoint directory.
+
+    simulate_quant: None = on for checkpoints whose config has a `quantization_config` (official FP8).
+    recipe: None = every matrix in `dtype` (quantized stored weights are dequantized tensor by tensor); a recipe
+    name = matrices of the groups it quantizes stay in its format in memory (QuantLinear / QuantEmbedding): copied
+    as stored when the checkpoint already holds that format (official FP8/FP4 under "FP4"), else converted per
+    tensor while streaming.
+    """
+    ckpt = Checkpoint(path)
+    cfg = ckpt.config
+    if cfg.num_nextn_predict_layers and not any(k.startswith(("mtp.", "model.mtp.")) for k in ckpt.files):
         warnings.warn(f"{path}: checkpoint has no MTP weights (transformers does not save them); "
                       "loading without MTP, speculative decoding unavailable")
         cfg.compress_ratios = cfg.compress_ratios[:cfg.num_hidden_layers]
@@ -68,37 +52,54 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     cfg.__post_init__()
     with torch.device("meta"):
         model = Transformer(cfg)
+    source = CheckpointSource(ckpt, model)
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    entries = plan(model, recipe or _ALL_FLOAT)
+    keep32 = fp32_island_names(model)
+    with torch.device("meta"):
+        _swap_quantized(model, entries, dtype)
     model = model.to_empty(device=device)
-    _fill(model, stored, dtype, device)
+    targets = dict(model.named_parameters()) | dict(model.named_buffers())
+    for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
+        if entry.is_matrix:
+            module = model.get_submodule(entry.name)
+            if isinstance(module, (QuantLinear, QuantEmbedding)):
+                _fill_quantized(module, entry, source)
+            else:
+                _assign(module.weight, _float_matrix(entry, source), dtype, f"{entry.name}.weight" in keep32, device)
+        else:
+            _assign(targets[entry.name], source.tensor(entry), dtype, entry.name in keep32, device)
     return cast_model(model, dtype).eval()
 
 
-def _fill(model: Transformer, stored: dict, dtype: torch.dtype, device) -> None:
-    targets = dict(model.named_parameters()) | dict(model.named_buffers())
-    missing = sorted(set(targets) - set(stored))
-    if missing:
-        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
-    unexpected = sorted(set(stored) - set(targets))
-    if unexpected:
-        raise CheckpointError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}")
-    keep32 = fp32_island_names(model)
-    handles: dict[Path, object] = {}
-    for name, target in tqdm(targets.items(), desc="loading", unit="tensor", disable=len(targets) < 500):
-        key, f = stored[name]
-        handle = handles.get(f) or handles.setdefault(f, _open(f))
-        tensor = _read(handle, key, f)
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise CheckpointError(f"tensor {key!r}: expected shape {tuple(target.shape)}, found {tuple(tensor.shape)}")
-        want = target.dtype if not target.is_floating_point() else (torch.float32 if name in keep32 else dtype)
-        with torch.no_grad():
-            target.data = tensor.to(device=device, dtype=want)
+def _swap_quantized(model: nn.Module, entries: list[Entry], dtype: torch.dtype) -> None:
+    """Replace (on meta) each matrix whose format is a codec by an empty QuantLinear / QuantEmbedding."""
+    for e in entries:
+        if not e.is_matrix or e.fmt in PLAIN or FLOAT_IN_MEMORY.fullmatch(e.name):
+            continue
+        parent, _, attr = e.name.rpartition(".")
+        old = model.get_submodule(e.name)
+        out, inn = e.shape
+        new = (QuantEmbedding(inn, out, e.fmt, e.name, dtype=dtype) if isinstance(old, nn.Embedding)
+               else QuantLinear(inn, out, e.fmt, e.name))
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _read(handle, key: str, f: Path) -> torch.Tensor:
-    try:
-        tensor = handle.get_tensor(key)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"tensor {key!r} in {f.name}: unreadable ({e})") from None
-    if tensor.dtype in (torch.float8_e4m3fn, torch.int8, torch.uint8, torch.float8_e8m0fnu):
-        raise CheckpointError(f"tensor {key!r}: quantized ({tensor.dtype}) checkpoints are not supported yet")
-    return tensor
+def _fill_quantized(module: QuantLinear | QuantEmbedding, entry: Entry, source: CheckpointSource) -> None:
+    src, bufs = source.matrix(entry)
+    for key, value in convert(bufs, src, entry.fmt, entry.name).items():
+        getattr(module, key).copy_(value)
+
+
+def _float_matrix(entry: Entry, source: CheckpointSource) -> torch.Tensor:
+    """The matrix as a float tensor [out, in]; for FLOAT_IN_MEMORY matrices of a quantized group, the recipe's rounding."""
+    src, bufs = source.matrix(entry)
+    if entry.fmt not in PLAIN:
+        bufs, src = convert(bufs, src, entry.fmt, entry.name), entry.fmt
+    return convert(bufs, src, FLOAT, entry.name)["weight"]
+
+
+def _assign(target: torch.Tensor, tensor: torch.Tensor, dtype: torch.dtype, fp32: bool, device) -> None:
+    """Replace target's data by `tensor` in the target's dtype (integers), fp32 (islands) or `dtype`."""
+    want = target.dtype if not target.is_floating_point() else (torch.float32 if fp32 else dtype)
+    target.data = tensor.to(device=device, dtype=want)
