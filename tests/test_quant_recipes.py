@@ -15,7 +15,7 @@ from dsv4.quant.errors import QuantError, UnknownFormatError
 from dsv4.quant.int4pack import Int4Linear
 from dsv4.quant.linear import QuantEmbedding, QuantLinear
 from dsv4.quant.recipes import GROUPS, RECIPES, Recipe, get_recipe
-from dsv4.quant.transform import classify, quantize_module
+from dsv4.quant.transform import classify, prepare_module, quantize_module, use_int4_kernel
 
 
 def test_gguf_bytes_per_weight_match_ggml_sizes():
@@ -81,7 +81,7 @@ def test_fp4_recipe_gives_the_official_tensor_layout(model):
 
 
 def test_k_quant_recipe_swaps_each_group_to_its_format():
-    q = quantize_module(tiny_model(n_routed_experts=2, num_experts_per_tok=1), "Q4_K_M", int4_kernel=True)
+    q = use_int4_kernel(quantize_module(tiny_model(n_routed_experts=2, num_experts_per_tok=1), "Q4_K_M"))
     assert q.layers[0].attn.wq_b.fmt == "q6_k" and q.layers[2].ffn.shared_experts.w2.fmt == "q6_k"
     assert isinstance(q.layers[2].ffn.experts[1].w1, Int4Linear)  # routed q4_k on the CPU int4 kernel
     assert isinstance(q.embed, QuantEmbedding) and q.embed.fmt == "q4_k" and q.head.fmt == "q6_k"
@@ -143,3 +143,22 @@ def test_stacked_expert_parameter_is_quantized_per_expert():
         expected = QuantLinear.from_weight(w[e], "q8_0")(x)
         assert torch.equal(stack[e](x), expected)
     assert "layers.0.ffn.experts.w1.2.weight" in toy.state_dict()
+
+
+def test_prepared_model_loads_a_quantized_state_dict_and_computes_the_same(model):
+    """The loader path: empty quantized modules with official names/shapes, filled by load_state_dict."""
+    quantized = quantize_module(copy.deepcopy(model), "FP4")
+    fresh = prepare_module(copy.deepcopy(model), "FP4")
+    assert {k: (v.dtype, v.shape) for k, v in fresh.state_dict().items()} == \
+        {k: (v.dtype, v.shape) for k, v in quantized.state_dict().items()}
+    fresh.load_state_dict(quantized.state_dict())
+    x = torch.randn(3, 256)
+    assert torch.equal(fresh.layers[1].attn.wq_a(x), quantized.layers[1].attn.wq_a(x))
+    assert torch.equal(fresh.layers[2].ffn.experts[3].w2(x), quantized.layers[2].ffn.experts[3].w2(x))
+
+
+def test_prepared_stacked_experts_have_the_quantized_shapes():
+    toy = ToyV4(stacked=True)
+    ref = quantize_module(copy.deepcopy(toy), "Q6_K").state_dict()
+    got = prepare_module(toy, "Q6_K").state_dict()
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in ref.items()}

@@ -1,5 +1,6 @@
-"""`quantize_module(model, recipe)`: swap a built model's nn.Linear / nn.Embedding modules for quantized drop-ins,
-chosen by their official names (spec section 9) through exact regular expressions, never substrings.
+"""Transforms of a built model, by official module name (spec section 9, exact regular expressions, never substrings):
+`quantize_module` (quantize float weights), `prepare_module` (empty quantized modules to load a quantized checkpoint
+into) and `use_int4_kernel` (q4 layers onto torch's CPU int4 kernel).
 
 Every nn.Linear must be named in exactly one table (a group or KEEP): an unknown name is an error, so a renamed
 module cannot silently escape the recipe. Plain formats (bf16, f16) leave a module as the model built it.
@@ -42,37 +43,26 @@ def classify(name: str) -> str | None:
     raise QuantError(f"module {name!r} is in no quantization table (groups: {', '.join(GROUP_PATTERNS)}, or KEEP)")
 
 
-def _quantized(module: nn.Module, fmt: str, name: str, int4_kernel: bool) -> nn.Module:
-    if isinstance(module, nn.Embedding):
-        return QuantEmbedding.from_weight(module.weight, fmt, name, dtype=module.weight.dtype)
-    q = QuantLinear.from_weight(module.weight, fmt, name)
-    return Int4Linear.from_quant(q) if int4_kernel and fmt in AFFINE else q
+def _replacement(module: nn.Module, fmt: str, name: str, quantize: bool) -> nn.Module:
+    """The quantized drop-in for an nn.Linear / nn.Embedding: its weight quantized, or empty buffers to load into."""
+    cls = QuantEmbedding if isinstance(module, nn.Embedding) else QuantLinear
+    kwargs = {"dtype": module.weight.dtype} if cls is QuantEmbedding else {}
+    if quantize:
+        return cls.from_weight(module.weight, fmt, name, **kwargs)
+    return cls(*cls.shape_args(*module.weight.shape), fmt, name, **kwargs)
 
 
-def quantize_stacked(weight: torch.Tensor, fmt: str, name: str) -> nn.ModuleList:
+def _stacked_replacement(weight: torch.Tensor, fmt: str, name: str, quantize: bool) -> nn.ModuleList:
     """A stacked expert weight [E, out, in] -> ModuleList of E QuantLinear (expert e: `stack[e](x)`)."""
     if weight.dim() != 3:
         raise QuantError(f"{name}: a stacked expert weight must be [E, out, in], found {tuple(weight.shape)}")
-    return nn.ModuleList(QuantLinear.from_weight(w, fmt, f"{name}[{e}]") for e, w in enumerate(weight))
+    n, out, inp = weight.shape
+    if quantize:
+        return nn.ModuleList(QuantLinear.from_weight(w, fmt, f"{name}.{e}") for e, w in enumerate(weight))
+    return nn.ModuleList(QuantLinear(inp, out, fmt, f"{name}.{e}") for e in range(n))
 
 
-def _swap_stacked(model: nn.Module, recipe: Recipe) -> None:
-    fmt = recipe.format_of("routed_expert")
-    for name, param in list(model.named_parameters()):
-        if fmt in PLAIN or not re.fullmatch(STACKED_EXPERTS, name):
-            continue
-        owner_name, _, attr = name.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        delattr(owner, attr)
-        owner.add_module(attr, quantize_stacked(param.data, fmt, name))
-
-
-def quantize_module(model: nn.Module, recipe: Recipe | str, int4_kernel: bool = False) -> nn.Module:
-    """Swap, in place, every nn.Linear / nn.Embedding of `model` whose group the recipe quantizes; returns `model`.
-
-    int4_kernel: run q4_0 / q4_k layers on torch's CPU int4 kernel (`Int4Linear`, bf16 scales, faster decode)
-    instead of the exact tiled `QuantLinear`.
-    """
+def _swap(model: nn.Module, recipe: Recipe | str, quantize: bool) -> nn.Module:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     for name, module in list(model.named_modules()):
         if not isinstance(module, (nn.Linear, nn.Embedding)):
@@ -81,6 +71,34 @@ def quantize_module(model: nn.Module, recipe: Recipe | str, int4_kernel: bool = 
         if group is None or recipe.format_of(group) in PLAIN:
             continue
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, _quantized(module, recipe.format_of(group), name, int4_kernel))
-    _swap_stacked(model, recipe)
+        setattr(model.get_submodule(parent_name), attr, _replacement(module, recipe.format_of(group), name, quantize))
+    fmt = recipe.format_of("routed_expert")
+    for name, param in list(model.named_parameters()):
+        if fmt not in PLAIN and re.fullmatch(STACKED_EXPERTS, name):
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            delattr(owner, attr)
+            owner.add_module(attr, _stacked_replacement(param.data, fmt, name, quantize))
+    return model
+
+
+def quantize_module(model: nn.Module, recipe: Recipe | str) -> nn.Module:
+    """Swap, in place, every nn.Linear / nn.Embedding (and stacked expert weight) of `model` whose group the recipe
+    quantizes for a drop-in holding its weight quantized; returns `model`."""
+    return _swap(model, recipe, quantize=True)
+
+
+def prepare_module(model: nn.Module, recipe: Recipe | str) -> nn.Module:
+    """The same swap with empty quantized buffers (official names and shapes), for loading a checkpoint that is
+    already quantized (e.g. the official FP8/FP4 release with recipe FP4): `load_state_dict` then fills them."""
+    return _swap(model, recipe, quantize=False)
+
+
+def use_int4_kernel(model: nn.Module) -> nn.Module:
+    """Swap, in place, every q4_0 / q4_k QuantLinear for an `Int4Linear` on torch's CPU int4 kernel (bf16 group
+    scales: numerically different, faster at small batch). Its state dict is the kernel's packing, not GGUF bytes."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear) and module.fmt in AFFINE:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, Int4Linear.from_quant(module))
     return model
