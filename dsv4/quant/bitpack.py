@@ -15,7 +15,7 @@ def pack_bits(q: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     g = 8 // bits
     nb, n = q.shape
     q = q.to(torch.uint8).reshape(nb, n // (g * width), g, width)
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, g, 1)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=q.device).view(1, 1, g, 1)
     return (q << shifts).sum(2, dtype=torch.uint8).reshape(nb, -1)  # fields are disjoint: sum == or
 
 
@@ -23,7 +23,7 @@ def unpack_bits(b: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     """Inverse of `pack_bits`: bytes [nb, m] -> codes uint8 [nb, m * 8 / bits]."""
     g = 8 // bits
     nb, m = b.shape
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, g, 1)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=b.device).view(1, 1, g, 1)
     q = (b.reshape(nb, m // width, 1, width) >> shifts) & ((1 << bits) - 1)
     return q.reshape(nb, -1)
 
@@ -31,7 +31,8 @@ def unpack_bits(b: torch.Tensor, bits: int, width: int) -> torch.Tensor:
 def lut_decode(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Rows table[codes] for byte codes [r, n] and a table [256 or 16, *k] -> [r, n, *k] in table.dtype. index_select
     with int32 indices is several times faster on CPU than fancy indexing (int64) or torch's float8 -> float cast."""
-    return table.index_select(0, codes.reshape(-1).int()).view(*codes.shape, *table.shape[1:])
+    flat = table.to(codes.device).index_select(0, codes.reshape(-1).int())
+    return flat.view(*codes.shape, *table.shape[1:])
 
 
 def f16_bytes(v: torch.Tensor) -> torch.Tensor:

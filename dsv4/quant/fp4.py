@@ -31,7 +31,7 @@ def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
 
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     """Values already on the e2m1 grid (fp32, any shape) -> codes uint8; zero gets code 0 whatever its sign."""
-    grid = torch.tensor(E2M1_GRID, dtype=torch.float32)
+    grid = torch.tensor(E2M1_GRID, dtype=torch.float32, device=v.device)
     mag = torch.searchsorted(grid, v.abs().contiguous()).to(torch.uint8)
     return mag | ((v < 0).to(torch.uint8) << 3)
 

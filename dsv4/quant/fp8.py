@@ -46,7 +46,7 @@ def quantize_fp8(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, t
 
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
     """Rows `rows` of an FP8 block-scaled weight: e4m3 [out, in] and e8m0 [ceil(out/128), ceil(in/128)] -> fp32 [r, in]."""
-    idx = torch.arange(weight.shape[0])[rows]
+    idx = torch.arange(weight.shape[0], device=weight.device)[rows]
     return scale_columns(lut_decode(E4M3_VALUES, weight[rows].view(torch.uint8)), scale.float()[idx // BLOCK], BLOCK)
 
 
@@ -78,7 +78,7 @@ def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
     xq, sx = act_quant(x)
     xq, sx = xq.float().reshape(-1, x.shape[-1]), sx.reshape(-1, sx.shape[-1])
     sw = scale.float().repeat_interleave(BLOCK, 0)[: weight.shape[0]]  # [n, k/128]
-    out = torch.zeros(xq.shape[0], weight.shape[0])
+    out = torch.zeros(xq.shape[0], weight.shape[0], device=x.device)
     for kb in range(sx.shape[-1]):
         cols = slice(kb * BLOCK, (kb + 1) * BLOCK)
         out += (xq[:, cols] @ weight[:, cols].float().T) * sx[:, kb, None] * sw[None, :, kb]
