@@ -1,0 +1,101 @@
+"""Task evaluation: an oracle that writes the training conversations scores 100% in every mode (so prompts,
+parsing, the tool loop and grading agree with the training data), a babbler 0%; the plain greedy loop and the
+engine decode the same tokens; `dsv4 eval --json` prints one accuracy per mode."""
+import json
+
+import pytest
+import torch
+
+from dsv4.chat import load_tokenizer
+from dsv4.cli import main
+from dsv4.config import ModelConfig
+from dsv4.engine import Engine, EngineConfig
+from dsv4.model.transformer import Transformer
+from dsv4.presets import PRESETS
+from dsv4.train.data import chat_document
+from dsv4.train.evaluate import EVAL_MODES, EvalModeError, accuracy, run_mode
+from dsv4.train.greedy import engine_generate, greedy_generate
+from dsv4.train.initialization import init_weights
+from dsv4.train.task_data import task_record
+from dsv4.train.tasks import generate_tasks
+
+TASKS = generate_tasks(12, seed=11)
+TRAIN_MODE = {"non_think": "chat", "think": "think", "tools": "tools"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: two threads on a shared 2-core machine are ~10x slower, not faster
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def _oracle(tokenizer, mode: str):
+    """Continues a prompt exactly as the training conversation of its task does, through the next EOS."""
+    docs = [chat_document(task_record(t, TRAIN_MODE[mode]), tokenizer) for t in TASKS]
+
+    def generate(prompts):
+        outputs = []
+        for p in prompts:
+            doc = next(d for d in docs if d.ids[:len(p)] == p)
+            rest = doc.ids[len(p):]
+            outputs.append(rest[:rest.index(tokenizer.eos_id) + 1])
+        return outputs
+    return generate
+
+
+@pytest.mark.parametrize("mode", EVAL_MODES)
+def test_an_oracle_writing_the_training_conversations_scores_full_marks(tokenizer, mode):
+    outcomes = run_mode(TASKS, mode, _oracle(tokenizer, mode), tokenizer)
+    assert accuracy(outcomes) == 1.0 and accuracy(outcomes, multi_step_only=True) == 1.0
+    if mode == "tools":  # the calculator really ran: arithmetic tasks answered after a tool round
+        assert any(o.task.expression for o in outcomes)
+
+
+def test_a_babbling_model_scores_zero_and_a_bad_tool_call_gets_an_error_back(tokenizer):
+    calls = []
+
+    def babble(prompts):
+        calls.append(tokenizer.decode(prompts[0]))
+        call = ('\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="calculator">\n<｜DSML｜parameter name="expression" '
+                'string="true">1 +</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>')
+        text = call if len(calls) == 1 else "no idea"
+        return [tokenizer.encode(text) + [tokenizer.eos_id] for _ in prompts]
+
+    outcomes = run_mode(TASKS[:3], "tools", babble, tokenizer)
+    assert accuracy(outcomes) == 0.0
+    assert "<tool_result>error: not an arithmetic expression: '1 +'" in calls[1]
+    with pytest.raises(EvalModeError, match="'chat'"):
+        run_mode(TASKS, "chat", babble, tokenizer)
+
+
+def test_the_greedy_loop_and_the_engine_decode_the_same_tokens():
+    torch.manual_seed(0)
+    model = init_weights(Transformer(ModelConfig(**PRESETS["tiny"])), seed=1, std=0.2).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.2)
+    prompts = [[0, 5, 9, 300, 17], [0, 44], [0, *range(100, 140)]]
+    loop = greedy_generate(model, 12, frozenset({1}))(prompts)
+    engine = engine_generate(Engine(model, EngineConfig(prefix_cache_bytes=0)), 12)(prompts)
+    assert loop == engine and all(len(o) == 12 or o[-1] == 1 for o in loop)
+
+
+def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
+    from dsv4.train.loop import train
+    from dsv4.train.task_data import task_records, write_jsonl
+    from dsv4.train.train_config import TrainConfig
+
+    write_jsonl(task_records(8, seed=2), tmp_path / "d.jsonl")
+    cfg = TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "run"), steps=1, batch_size=1,
+                      micro_batch=1, seq_len=64, warmup=1, plot=False)
+    train(cfg, ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)))
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "2", "--max-tokens", "3",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"non_think", "think", "tools"} and all(0 <= v <= 1 for v in result.values())
