@@ -118,6 +118,14 @@ def test_bad_requests_get_an_openai_error_with_the_right_status(client, kw, erro
         assert info.value.status_code == 413 and body["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("kw, param", [(dict(echo=True), "echo"), (dict(suffix="}"), "suffix"),
+                                       (dict(logprobs=21), "logprobs"), (dict(prompt=[5, 129280]), None)])
+def test_unsupported_or_bad_completion_fields_are_400(client, kw, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(**{"model": "tiny", "prompt": "x", "max_tokens": 2, **kw})
+    assert info.value.body["param"] == param and info.value.body["message"]
+
+
 def test_malformed_bodies_are_400_and_the_worker_lives(client, server):
     url = f"{server.url}/v1/chat/completions"
     for raw in (b"{not json", b"\xff\xfe", b"[]", b'{"model": "tiny"}', b'{"model": "tiny", "messages": "hi"}'):

@@ -9,6 +9,7 @@ from fastapi import Request
 from dsv4.engine import TokenEvent
 from dsv4.engine.text import TextDecoder
 from dsv4.server import responses as R
+from dsv4.server.errors import APIError
 from dsv4.server.generation import Generation
 from dsv4.server.schemas import CompletionRequest
 from dsv4.server.state import ServerState
@@ -39,6 +40,9 @@ class CompletionRun:
 
 def start_completion(state: ServerState, body: CompletionRequest) -> CompletionRun:
     state.check_model(body.model)
+    for field, given in (("echo", body.echo), ("suffix", body.suffix is not None)):
+        if given:
+            raise APIError(400, f"{field}: not supported by this server", param=field)
     ids = body.prompt if isinstance(body.prompt, list) else state.tokenizer.encode(body.prompt)
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context,
                              logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)

@@ -69,5 +69,6 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str | list[int]
-    logprobs: int | None = None
-    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False      # accepted only as false: not supported
+    suffix: str | None = None  # FIM: not supported (V4's FIM format is unverified)
