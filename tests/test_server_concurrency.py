@@ -28,6 +28,14 @@ async def stream_text(client: openai.AsyncOpenAI, i: int) -> tuple[str, str]:
 def test_sixteen_concurrent_streams_equal_each_request_alone():
     model = random_model(vocab_size=129280, max_position_embeddings=256, num_hash_layers=0, seed=1)
     state = make_state(model, model_name="tiny", config=EngineConfig(max_running=16, prefill_chunk=64))
+    batch_sizes = []
+    forward = state.loop.engine.runner.forward
+
+    def recording(ids, cache, all_logits=False):
+        batch_sizes.append(len(ids))
+        return forward(ids, cache, all_logits)
+
+    state.loop.engine.runner.forward = recording
     with BackgroundServer(state) as srv:
         async def together():
             client = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
@@ -40,4 +48,5 @@ def test_sixteen_concurrent_streams_equal_each_request_alone():
         concurrent = asyncio.run(together())
         sequential = asyncio.run(alone())
     assert all(finish == "length" for _, finish in concurrent)
+    assert max(batch_sizes) >= 8  # the streams really were decoded together
     assert concurrent == sequential

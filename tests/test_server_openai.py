@@ -158,3 +158,15 @@ def test_a_client_that_disconnects_cancels_its_generation(server):
     while not seq.finished and time.monotonic() < deadline:
         time.sleep(0.05)
     assert seq.finish_reason == "cancelled" and len(seq.output) < 200 and seq.cache is None
+
+
+def test_a_waiting_non_stream_client_that_leaves_cancels_too(server):
+    engine = server.state.loop.engine
+    body = {"model": "tiny", "messages": HI, "max_tokens": 240}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5.0, read=0.3))
+    seq = next(iter(engine.sequences.values()))
+    deadline = time.monotonic() + 10
+    while not seq.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seq.finish_reason == "cancelled" and len(seq.output) < 240, (seq.state, len(seq.output))

@@ -11,6 +11,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
 
 from dsv4.server.chat import chat_completions
 from dsv4.server.completions import completions
@@ -26,16 +27,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.dsv4 = state
     install_handlers(app)
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        if state.api_key and request.url.path not in _OPEN and not _authorized(request, state.api_key):
-            response = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
-                                "authentication_error", code="invalid_api_key").response()
-        else:
-            response = await call_next(request)
-        state.metrics.request(request.url.path, response.status_code)
-        return response
-
+    app.add_middleware(AuthAndCount, state=state)
     for prefix in ("/v1", ""):
         app.post(f"{prefix}/chat/completions")(_chat)
         app.post(f"{prefix}/completions")(_completions)
@@ -45,8 +37,33 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
-def _authorized(request: Request, key: str) -> bool:
-    return request.headers.get("authorization", "") == f"Bearer {key}"
+class AuthAndCount:
+    """ASGI middleware: the API key check and per-route request counts. Plain ASGI rather than
+    `@app.middleware("http")`, which wraps `receive` so that `Request.is_disconnected()` never sees a client leave."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, key, status = scope["path"], self.state.api_key, 500
+
+        async def send_counted(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if key and path not in _OPEN and Headers(scope=scope).get("authorization") != f"Bearer {key}":
+                denied = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                  "authentication_error", code="invalid_api_key")
+                await denied.response()(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            self.state.metrics.request(path, status)
 
 
 def _state(request: Request) -> ServerState:

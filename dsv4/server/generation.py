@@ -38,13 +38,18 @@ class Generation:
 
     async def events(self, request: Request | None = None) -> AsyncIterator[TokenEvent]:
         """Token events until the last; cancels the sequence if the client goes away or the consumer stops."""
+        check_at = time.perf_counter() + _POLL_S
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(self._queue.get(), _POLL_S)
                 except TimeoutError:
-                    if request is not None and await request.is_disconnected():
+                    event = None
+                if request is not None and time.perf_counter() >= check_at:  # also while tokens keep coming
+                    check_at = time.perf_counter() + _POLL_S
+                    if await request.is_disconnected():
                         return
+                if event is None:
                     continue
                 self._observe(event)
                 yield event
