@@ -6,6 +6,7 @@ Nothing is read until asked: `spec(name)` comes from the headers, `read(name)` l
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,6 +59,16 @@ class Checkpoint:
         self.files = checkpoint_files(self.path)
         self._shards: dict[Path, SafetensorsFile] = {}
         self.recipe = self._read_recipe()
+
+    def model_config(self) -> ModelConfig:
+        """The config to build the model with: without MTP when the checkpoint has no MTP tensors."""
+        cfg = self.config
+        if cfg.num_nextn_predict_layers and not any(k.startswith(("mtp.", "model.mtp.")) for k in self.files):
+            warnings.warn(f"{self.path}: checkpoint has no MTP weights (transformers does not save them); "
+                          "loading without MTP, speculative decoding unavailable")
+            cfg.compress_ratios = cfg.compress_ratios[:cfg.num_hidden_layers]
+            cfg.num_nextn_predict_layers = 0
+        return cfg
 
     def _read_recipe(self) -> Recipe | None:
         f = self.path / RECIPE_FILE

@@ -9,6 +9,7 @@ in / block * type_size]).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,10 @@ class Entry:
     @property
     def is_matrix(self) -> bool:
         return self.fmt is not None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.specs().values())
 
     def specs(self) -> dict[str, Spec]:
         """Stored tensor name -> (shape, dtype)."""

@@ -8,7 +8,6 @@ is read, converted and placed one at a time, so the process never holds a second
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -42,12 +41,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     tensor while streaming.
     """
     ckpt = Checkpoint(path)
-    cfg = ckpt.config
-    if cfg.num_nextn_predict_layers and not any(k.startswith(("mtp.", "model.mtp.")) for k in ckpt.files):
-        warnings.warn(f"{path}: checkpoint has no MTP weights (transformers does not save them); "
-                      "loading without MTP, speculative decoding unavailable")
-        cfg.compress_ratios = cfg.compress_ratios[:cfg.num_hidden_layers]
-        cfg.num_nextn_predict_layers = 0
+    cfg = ckpt.model_config()
     cfg.simulate_quant = cfg.quantization_config is not None if simulate_quant is None else simulate_quant
     cfg.__post_init__()
     with torch.device("meta"):
@@ -78,10 +72,10 @@ def _swap_quantized(model: nn.Module, entries: list[Entry], dtype: torch.dtype) 
         if not e.is_matrix or e.fmt in PLAIN or FLOAT_IN_MEMORY.fullmatch(e.name):
             continue
         parent, _, attr = e.name.rpartition(".")
-        old = model.get_submodule(e.name)
-        out, inn = e.shape
-        new = (QuantEmbedding(inn, out, e.fmt, e.name, dtype=dtype) if isinstance(old, nn.Embedding)
-               else QuantLinear(inn, out, e.fmt, e.name))
+        if isinstance(model.get_submodule(e.name), nn.Embedding):
+            new = QuantEmbedding(*QuantEmbedding.shape_args(*e.shape), e.fmt, e.name, dtype=dtype)
+        else:
+            new = QuantLinear(*QuantLinear.shape_args(*e.shape), e.fmt, e.name)
         setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
