@@ -18,6 +18,7 @@ from dsv4.train.greedy import engine_generate, greedy_generate
 from dsv4.train.initialization import init_weights
 from dsv4.train.task_data import task_record
 from dsv4.train.tasks import generate_tasks
+from dsv4.train.threads import torch_threads
 
 TASKS = generate_tasks(12, seed=11)
 TRAIN_MODE = {"non_think": "chat", "think": "think", "tools": "tools"}
@@ -25,10 +26,8 @@ TRAIN_MODE = {"non_think": "chat", "think": "think", "tools": "tools"}
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: two threads on a shared 2-core machine are ~10x slower, not faster
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):  # tiny ops: on a shared 2-core machine two threads are far slower than one
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from dsv4.presets import PRESETS
 from dsv4.train.checkpoint import load_checkpoint
 from dsv4.train.loop import CHECKPOINT, train
 from dsv4.train.task_data import task_records, write_jsonl
+from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
 MODEL = dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)
@@ -27,13 +28,9 @@ def test_two_torchrun_processes_train_the_same_weights_as_one(tmp_path):
            "-m", "dsv4.cli", "train", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "dp"),
            "--model-config", str(tmp_path / "model.json"), "--threads", "1", "--no-plot", *flags]
     dp = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):  # the same float summation order as the --threads 1 ranks
         single = train(TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "one"), plot=False,
                                    **ARGS), ModelConfig(**MODEL))
-    finally:
-        torch.set_num_threads(before)
     out, _ = dp.communicate(timeout=300)
     assert dp.returncode == 0, out[-3000:]
     state = load_checkpoint(tmp_path / "dp" / CHECKPOINT)

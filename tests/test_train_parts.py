@@ -1,5 +1,5 @@
-"""Training parts against independent references: the active-vocabulary loss equals the full-vocabulary
-cross-entropy (main head and MTP), chat masks cover exactly what the assistant writes, packing keeps documents
+"""Training parts against independent references: the compact model's loss equals the full-vocabulary
+cross-entropy of the expanded model (main head and MTP), chat masks cover exactly what the assistant writes, packing keeps documents
 whole, batches cover every row once per epoch, gate biases move towards balance, the lr schedule's shape."""
 import math
 
@@ -18,16 +18,15 @@ from dsv4.train.loop import make_optimizer
 from dsv4.train.loss import loss_sums
 from dsv4.train.task_data import task_record
 from dsv4.train.tasks import generate_tasks
+from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig, lr_at
 from dsv4.train.vocab import ActiveVocab, VocabError
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: two threads on a shared 2-core machine are ~10x slower, not faster
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):  # tiny ops: on a shared 2-core machine two threads are far slower than one
+        yield
 
 
 def _tiny(seed: int = 0) -> Transformer:
@@ -36,23 +35,27 @@ def _tiny(seed: int = 0) -> Transformer:
     return model
 
 
-def test_the_active_vocabulary_loss_equals_full_vocabulary_cross_entropy_for_both_heads():
-    model = _tiny()
-    rows = torch.randint(0, 40, (2, 30))
+def test_the_compact_model_loss_is_the_full_vocabulary_cross_entropy_of_the_expanded_model():
+    cfg = ModelConfig(**PRESETS["tiny"])
+    vocab = ActiveVocab([0, 1, 3, 7, 50, 99, 200, 300, 511], cfg.vocab_size)
+    compact = init_weights(Transformer(vocab.compact_config(cfg)), seed=0)
+    torch.nn.init.normal_(compact.head.weight, std=0.3)
+    rows = vocab.ids[torch.randint(0, len(vocab.ids), (2, 30))]              # full ids
     mask = (torch.rand(2, 30) < 0.7).float()
-    vocab = ActiveVocab(range(0, 40), model.cfg.vocab_size)
-    vocab.zero_inactive_rows(model.head.weight)
-    got = loss_sums(model, rows, mask, vocab)
-    cache = model.make_cache(2)
-    X = model.hidden_streams(rows[:, :28], cache)
-    main = F.cross_entropy(model.logits(X).flatten(0, 1), rows[:, 1:29].flatten(), reduction="none")
-    mtp = F.cross_entropy(model.mtp_logits(X, rows[:, 1:29], cache).flatten(0, 1), rows[:, 2:].flatten(),
+    got = loss_sums(compact, vocab.to_compact(rows), mask, vocab)
+    full = vocab.expand(compact, cfg)
+    cache = full.make_cache(2)
+    X = full.hidden_streams(rows[:, :28], cache)
+    main = F.cross_entropy(full.logits(X).flatten(0, 1), rows[:, 1:29].flatten(), reduction="none")
+    mtp = F.cross_entropy(full.mtp_logits(X, rows[:, 1:29], cache).flatten(0, 1), rows[:, 2:].flatten(),
                           reduction="none")
     torch.testing.assert_close(got.main, (main * mask[:, 1:29].flatten()).sum(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got.mtp, (mtp * mask[:, 2:].flatten()).sum(), rtol=1e-5, atol=1e-5)
-    assert model.head.weight[40:].abs().sum() == 0 and model.head.weight[:40].abs().sum() > 0
-    with pytest.raises(VocabError, match="target token 45"):
-        vocab.cross_entropy(torch.zeros(1, 40), torch.tensor([45]), torch.ones(1))
+    inactive = torch.ones(cfg.vocab_size, dtype=torch.bool)
+    inactive[vocab.ids] = False
+    assert full.head.weight[inactive].abs().sum() == 0 and full.head.weight[~inactive].abs().sum() > 0
+    with pytest.raises(VocabError, match="token 5 is not in the active vocabulary"):
+        vocab.to_compact(torch.tensor([3, 5]))
 
 
 @pytest.fixture(scope="module")

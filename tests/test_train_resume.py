@@ -16,6 +16,7 @@ from dsv4.presets import PRESETS
 from dsv4.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dsv4.train.loop import CHECKPOINT, train
 from dsv4.train.task_data import task_records, write_jsonl
+from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
 STEPS = 4
@@ -38,10 +39,8 @@ def _config(root, out: str) -> TrainConfig:
 
 @pytest.fixture()
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # same float summation order as the --threads 1 subprocess
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):  # the same float summation order as the --threads 1 subprocess
+        yield
 
 
 def _start_cli_run(root, out: str) -> subprocess.Popen:

@@ -9,13 +9,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from dsv4.config import ModelConfig
 from dsv4.train.demo_model import MODELS, model_config
 from dsv4.train.distributed import init_world
 from dsv4.train.loop import CHECKPOINT, train
 from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
+from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
 _SKIP = {"data", "out_dir", "plot"}
@@ -46,13 +45,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIP}
     cfg = TrainConfig(data=args.data, out_dir=args.out, plot=not args.no_plot, **values)
     model_cfg = ModelConfig.from_file(args.model_config) if args.model_config else model_config(args.model)
     ckpt = Path(args.out) / CHECKPOINT
-    run_ = train(cfg, model_cfg, resume_from=ckpt if args.resume and ckpt.exists() else None, world=init_world())
+    with torch_threads(args.threads):
+        run_ = train(cfg, model_cfg, resume_from=ckpt if args.resume and ckpt.exists() else None, world=init_world())
     if run_.world.is_main:
         print(f"done: step {run_.step}, checkpoint {ckpt}")
     return 0

@@ -6,6 +6,7 @@ optimizer state, step) or a pure function of (seed, step) (the batch rows, the l
 dropout or other randomness. A run killed and resumed therefore ends with the same weights as one that never
 stopped (the test compares them bit for bit).
 """
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class Run:
     load: ExpertLoad
     vocab: ActiveVocab
     data: PackedData
+    rows: torch.Tensor                  # training rows in compact ids [R, seq_len + 2]
+    val_rows: torch.Tensor              # validation rows in compact ids
     world: World
     step: int = 0
     history: list[dict] = field(default_factory=list)
@@ -49,6 +52,10 @@ class Run:
     @property
     def params(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def full_config(self) -> ModelConfig:
+        """The architecture being trained (the compact model differs only in vocab_size)."""
+        return dataclasses.replace(self.model.cfg, vocab_size=self.vocab.vocab_size)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> Muon:
@@ -61,20 +68,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> Muon:
 
 def build_run(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer | None = None,
               world: World | None = None) -> Run:
-    """Data, a freshly initialised model (seed), frozen gate biases with their load counter, the optimizer."""
+    """Data, a freshly initialised compact model (seed; see `vocab`), frozen gate biases with their load counter,
+    the optimizer. `model_cfg` is the full model's architecture."""
     data = prepare_data(cfg.data, tokenizer or load_tokenizer(), cfg.seq_len, cfg.val_fraction, cfg.seed)
     vocab = ActiveVocab(data.vocab_ids(), model_cfg.vocab_size)
-    model = init_weights(Transformer(model_cfg), cfg.seed)
-    vocab.zero_inactive_rows(model.head.weight)
+    model = init_weights(Transformer(vocab.compact_config(model_cfg)), cfg.seed)
     load = ExpertLoad(model.train())  # freezes the gate biases before the optimizer collects parameters
-    return Run(cfg, model, make_optimizer(model, cfg), load, vocab, data, world or World())
+    return Run(cfg, model, make_optimizer(model, cfg), load, vocab, data, vocab.to_compact(data.train_tokens),
+               vocab.to_compact(data.val_tokens), world or World())
 
 
 def train_step(run: Run) -> dict:
     """One optimizer step on global batch `run.step`. Returns its metrics (loss over the whole global batch)."""
     cfg, world, t0 = run.cfg, run.world, time.perf_counter()
-    idx = batch_rows(run.step, cfg.batch_size, len(run.data.train_tokens), cfg.seed)
-    rows, mask = run.data.train_tokens[idx], run.data.train_mask[idx]
+    idx = batch_rows(run.step, cfg.batch_size, len(run.rows), cfg.seed)
+    rows, mask = run.rows[idx], run.data.train_mask[idx]
     n_main, n_mtp = (max(n, 1.0) for n in target_counts(mask))
     lr = lr_at(run.step, cfg)
     for group in run.optimizer.param_groups:
@@ -105,7 +113,7 @@ def train_step(run: Run) -> dict:
 @torch.no_grad()
 def validation_loss(run: Run) -> float:
     """Mean main-head cross-entropy per target over the validation rows (NaN when there are none)."""
-    rows, mask, world = run.data.val_tokens, run.data.val_mask, run.world
+    rows, mask, world = run.val_rows, run.data.val_mask, run.world
     run.model.eval()
     total = torch.zeros(2)
     for at in range(world.rank * run.cfg.micro_batch, len(rows), world.size * run.cfg.micro_batch):
@@ -117,15 +125,16 @@ def validation_loss(run: Run) -> float:
 
 
 def checkpoint_state(run: Run) -> dict:
-    """What `resume` needs: configs, data fingerprint, step, weights (biases, hash tables), optimizer, history."""
-    return {"model_config": run.model.cfg.to_dict(), "train_config": run.cfg.to_dict(), "step": run.step,
+    """What `resume` needs: configs, data fingerprint, step, compact weights (biases, hash tables) with the
+    active ids that expand them, optimizer, history."""
+    return {"model_config": run.full_config().to_dict(), "train_config": run.cfg.to_dict(), "step": run.step,
             "data_fingerprint": run.data.fingerprint(), "vocab_ids": run.vocab.ids, "history": run.history,
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}
 
 
 def resume(run: Run, state: dict) -> None:
     """Continue `run` from a checkpoint of the same run (same model, trajectory settings and data)."""
-    if state["model_config"] != run.model.cfg.to_dict():
+    if state["model_config"] != run.full_config().to_dict():
         raise CheckpointError("checkpoint was written for a different model config")
     mismatch = run.cfg.trajectory_mismatch(state["train_config"])
     if mismatch:
@@ -172,8 +181,10 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> Path:
 
 
 def load_trained_model(path: str | Path) -> Transformer:
-    """The model of a training checkpoint, in eval mode."""
+    """The full-vocabulary model of a training checkpoint (see `vocab.ActiveVocab.expand`), in eval mode."""
     state = load_checkpoint(path)
-    model = Transformer(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
+    cfg = ModelConfig.from_dict(state["model_config"])
+    vocab = ActiveVocab(state["vocab_ids"].tolist(), cfg.vocab_size)
+    compact = Transformer(vocab.compact_config(cfg))
+    compact.load_state_dict(state["model"])
+    return vocab.expand(compact, cfg).eval()

@@ -25,13 +25,13 @@ def target_counts(mask: torch.Tensor) -> tuple[float, float]:
 
 
 def loss_sums(model: nn.Module, rows: torch.Tensor, mask: torch.Tensor, vocab: ActiveVocab) -> LossSums:
-    """rows: [B, T+2] token ids; mask: [B, T+2] target weights. Runs one fresh-cache forward of rows[:, :T]."""
+    """rows: [B, T+2] compact token ids (`ActiveVocab.to_compact`); mask: [B, T+2] target weights.
+    model: the compact model. Runs one fresh-cache forward of rows[:, :T]."""
     T = rows.shape[1] - 2
     cache = model.make_cache(rows.shape[0])
     X = model.hidden_streams(rows[:, :T], cache)                           # [B, T, n, d]
-    with vocab.restricted_head(model):
-        main = model.logits(X)                                             # [B, T, A]
-        mtp = model.mtp_logits(X, rows[:, 1:T + 1], cache) if len(model.mtp) else None
+    main = model.logits(X)                                                 # [B, T, A]
+    mtp = model.mtp_logits(X, rows[:, 1:T + 1], cache) if len(model.mtp) else None
     main_sum = vocab.cross_entropy(main.flatten(0, 1), rows[:, 1:T + 1].flatten(), mask[:, 1:T + 1].flatten())
     if mtp is None:
         return LossSums(main_sum, main_sum.new_zeros(()))
