@@ -70,6 +70,24 @@ def test_thinking_switches_and_the_reasoning_budget(client):
     assert "reasoning_content" not in hidden.choices[0].message.model_dump(exclude_none=True)
 
 
+@pytest.mark.parametrize("extra, rendered", [
+    ({}, dict(thinking=True)),
+    ({"thinking": {"type": "disabled"}}, dict(thinking=False)),
+    ({"reasoning_effort": "max"}, dict(thinking=True, reasoning_effort="max")),
+    ({"reasoning_effort": "none"}, dict(thinking=False)),
+    ({"chat_template_kwargs": {"thinking": False}}, dict(thinking=False)),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, dict(thinking=False)),
+    ({"reasoning": {"enabled": False}}, dict(thinking=False)),
+    ({"reasoning": {"effort": "xhigh"}}, dict(thinking=True, reasoning_effort="max")),
+    ({"response_format": {"type": "json_object"}}, dict(thinking=True, response_format={"type": "json_object"})),
+])
+def test_every_vendors_switch_renders_the_expected_prompt(client, extra, rendered):
+    r = chat(client, max_tokens=1, extra_body=extra)
+    assert r.usage.prompt_tokens == len(encode_messages_ids(HI, **rendered))
+    # <think> and </think> are one token each: the reasoning count tells which one ends the prompt
+    assert r.usage.completion_tokens_details.reasoning_tokens == int(rendered["thinking"])
+
+
 def test_chat_logprobs(client):
     r = chat(client, logprobs=True, top_logprobs=3)
     entries = r.choices[0].logprobs.content
