@@ -76,3 +76,22 @@ def test_model_caches_hold_rounded_values_only_when_simulating():
     assert torch.equal(block_roundtrip(keys, 32, "e2m1", 6 * 2.0 ** -126), keys)  # on the FP4 grid
     entries = caches[True].layers[2].compressor.entries[:, :2]  # HCA entries: FP8 on the nope dims
     assert torch.equal(simulate_fp8_kv(entries, rd), entries)
+
+
+def test_simulation_is_on_by_default_only_for_quantized_checkpoints(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    import dsv4
+
+    model = random_model("tiny", seed=5, head_dim=72, index_head_dim=32)
+    for name, quantized in [("plain", None), ("official", {"quant_method": "fp8", "fmt": "e4m3",
+                                                           "scale_fmt": "ue8m0", "weight_block_size": [128, 128]})]:
+        path = tmp_path / name
+        path.mkdir()
+        config = model.cfg.to_dict() | {"quantization_config": quantized}
+        (path / "config.json").write_text(json.dumps(config))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
+        assert dsv4.load_model(path, dtype=torch.float32).cfg.simulate_quant is (quantized is not None)
+        assert dsv4.load_model(path, dtype=torch.float32, simulate_quant=False).cfg.simulate_quant is False

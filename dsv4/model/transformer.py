@@ -1,7 +1,6 @@
 """The V4 transformer: embedding, hc_mult residual streams through mHC blocks, the HC head, norm and fp32 head;
 plus the multi-token-prediction (MTP) blocks. Parameter names are the official checkpoint names."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dsv4.cache import LayerCache, ModelCache, make_cache
@@ -85,13 +84,10 @@ class Transformer(HCHead):
         self.init_hc_head(cfg)
         n = cfg.num_hidden_layers
         self.mtp = nn.ModuleList(MTPBlock(cfg, n + j) for j in range(cfg.num_nextn_predict_layers))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
+        self.dtype = torch.get_default_dtype()  # activation dtype; set by cast_model (weights may be quantized)
 
     def make_cache(self, batch_size: int = 1) -> ModelCache:
-        return make_cache(self.cfg, batch_size, self.dtype, self.embed.weight.device)
+        return make_cache(self.cfg, batch_size, self.dtype, self.norm.weight.device)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -116,7 +112,7 @@ class Transformer(HCHead):
 
     def logits(self, X: torch.Tensor) -> torch.Tensor:
         """[B, S, n, d] streams -> fp32 logits [B, S, vocab] (the head is an fp32 island)."""
-        return F.linear(self.norm(self.collapse(X)).float(), self.head.weight.float())
+        return self.head(self.norm(self.collapse(X)).float())
 
     def mtp_logits(self, X: torch.Tensor, next_ids: torch.Tensor, cache: ModelCache, depth: int = 0) -> torch.Tensor:
         """MTP: combine the main streams at positions i with the embeddings of tokens i+1 to predict tokens i+2.
@@ -128,7 +124,7 @@ class Transformer(HCHead):
         S = next_ids.shape[1]
         pos = cache.pos[:, None] - S + torch.arange(S, device=next_ids.device)
         y = self.mtp[depth](X, self.embed(next_ids), pos, next_ids, cache.mtp[depth])
-        return F.linear(y.float(), self.head.weight.float())
+        return self.head(y.float())
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 2:
@@ -159,4 +155,5 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     for name, p in model.named_parameters():
         if p.is_floating_point():
             p.data = p.data.to(torch.float32 if name in keep else dtype)
+    model.dtype = dtype
     return model

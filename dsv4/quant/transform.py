@@ -29,6 +29,9 @@ GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
 # weights and the router.
 KEEP = (rf"{_BLOCK}\.attn\.(?:indexer\.)?compressor\.(?:wkv|wgate)", r"layers\.\d+\.attn\.indexer\.weights_proj",
         rf"{_BLOCK}\.ffn\.gate")
+# Stored with the attention group's format, but held in high precision in memory: the reference's convert.py
+# dequantizes wo_a to BF16 because the grouped output projection is a block-diagonal einsum over its weight.
+FLOAT_IN_MEMORY = (rf"{_BLOCK}\.attn\.wo_a",)
 # Routed experts stored as one stacked parameter [E, out, in] (named without `.weight`).
 STACKED_EXPERTS = rf"{_BLOCK}\.ffn\.experts\.(?:w1|w2|w3)"
 
@@ -68,7 +71,7 @@ def _swap(model: nn.Module, recipe: Recipe | str, quantize: bool) -> nn.Module:
         if not isinstance(module, (nn.Linear, nn.Embedding)):
             continue
         group = classify(name)
-        if group is None or recipe.format_of(group) in PLAIN:
+        if group is None or recipe.format_of(group) in PLAIN or any(re.fullmatch(p, name) for p in FLOAT_IN_MEMORY):
             continue
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, _replacement(module, recipe.format_of(group), name, quantize))
