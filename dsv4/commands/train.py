@@ -1,5 +1,6 @@
 """`dsv4 train`: train a V4-architecture model (Muon, MTP, gate-bias balancing) on text or chat JSONL files;
-`dsv4 train-data`: write the demo model's synthetic chat data (both live here: they are one workflow).
+`dsv4 train-data`: write the demo model's synthetic chat data; `dsv4 train-export`: a training checkpoint as a
+model directory in the official format (the three live here: they are one workflow).
 
 Data parallel: `torchrun --nproc-per-node N -m dsv4.cli train ...` (gloo on CPU).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 from dsv4.config import ModelConfig
 from dsv4.train.demo_model import MODELS, model_config
 from dsv4.train.distributed import init_world
-from dsv4.train.loop import CHECKPOINT, train
+from dsv4.train.loop import CHECKPOINT, load_trained_model, train
 from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
 from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
@@ -43,6 +44,12 @@ def register(subparsers) -> None:
         d.add_argument(f"--{mode}", type=float, default=weight, help=f"share of {mode} mode (default {weight})")
     d.set_defaults(func=run_data)
 
+    e = subparsers.add_parser("train-export", help="write a training checkpoint as an official-format model dir")
+    e.add_argument("checkpoint", help=f"a training {CHECKPOINT}")
+    e.add_argument("out", help="model directory to write (config.json + safetensors)")
+    e.add_argument("--recipe", default="FP4", help="weight formats (default FP4: the official FP8/FP4 release)")
+    e.set_defaults(func=run_export)
+
 
 def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIP}
@@ -60,4 +67,13 @@ def run_data(args: argparse.Namespace) -> int:
     records = task_records(args.n, args.seed, {"chat": args.chat, "think": args.think, "tools": args.tools})
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} records to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from dsv4.weights.writer import save_model
+
+    save_model(load_trained_model(args.checkpoint), args.out, args.recipe)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, recipe {args.recipe})")
     return 0
