@@ -144,6 +144,20 @@ def test_unsupported_or_bad_completion_fields_are_400(client, kw, param):
     assert info.value.body["param"] == param and info.value.body["message"]
 
 
+@pytest.mark.parametrize("extra", [
+    {"tools": ["x"], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"tools": [{"type": "function"}]}, {"tool_choice": {"function": "f"}, "tools": [{"function": {"name": "f"}}]},
+    {"messages": [{"role": "user", "content": {"a": 1}}]}, {"messages": [{"content": "no role"}]},
+    {"stop": 123}, {"max_tokens": "many"}, {"max_tokens": 0}, {"response_format": "json"},
+    {"reasoning": {"max_tokens": -1}}, {"thinking": {"type": "maybe"}},
+    {"reasoning_effort": "extreme"}, {"stop": ["s"] * 17}, {"seed": "x"}, {"stream_options": 5},
+])
+def test_odd_bodies_are_400_never_500(server, extra):
+    body = {"model": "tiny", "messages": HI, "max_tokens": 2, **extra}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["message"], r.text
+
+
 def test_malformed_bodies_are_400_and_the_worker_lives(client, server):
     url = f"{server.url}/v1/chat/completions"
     for raw in (b"{not json", b"\xff\xfe", b"[]", b'{"model": "tiny"}', b'{"model": "tiny", "messages": "hi"}'):

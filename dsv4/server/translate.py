@@ -47,8 +47,8 @@ def chat_tools(req: ChatRequest) -> list[dict] | None:
         return None
     if choice in (None, "auto", "required"):
         return req.tools
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    named = [t for t in req.tools if t.get("function", {}).get("name") == name]
+    name = _function_name(choice)
+    named = [t for t in req.tools if name is not None and _function_name(t) == name]
     if not named:
         raise APIError(400, f"tool_choice: expected none, auto, required or a function named in tools, "
                             f"found {choice!r}", param="tool_choice")
@@ -65,6 +65,12 @@ def forced_call_opening(req: ChatRequest, tools: list[dict] | None, tokenizer: T
     if isinstance(choice, dict):
         text += f'{tools[0]["function"]["name"]}">\n'
     return tuple(tokenizer.encode(text))
+
+
+def _function_name(obj: object) -> str | None:
+    """`obj["function"]["name"]` of a tool or a named tool_choice; None for anything else."""
+    function = obj.get("function") if isinstance(obj, dict) else None
+    return function.get("name") if isinstance(function, dict) else None
 
 
 def chat_prompt(req: ChatRequest, tokenizer: Tokenizer, mode: ThinkingMode,
