@@ -12,7 +12,7 @@ from dsv4.config import ModelConfig
 from dsv4.model.transformer import Transformer
 from dsv4.presets import PRESETS
 from dsv4.train.balance import ExpertLoad
-from dsv4.train.data import Document, batch_rows, chat_document, pack
+from dsv4.train.data import Document, batch_rows, chat_document, pack, prepare_data
 from dsv4.train.initialization import init_weights
 from dsv4.train.loop import make_optimizer
 from dsv4.train.loss import loss_sums
@@ -115,3 +115,16 @@ def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_floor(
     assert [lr_at(s, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
     assert lr_at(35, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_packed_data_is_cached_per_file_version_and_settings(tokenizer, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("one two three " * 20)
+    first = prepare_data([str(data)], tokenizer, seq_len=16, val_fraction=0.0, seed=0, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("data-*.pt"))) == 1
+    again = prepare_data([str(data)], tokenizer, seq_len=16, val_fraction=0.0, seed=0, cache_dir=tmp_path)
+    assert torch.equal(first.train_tokens, again.train_tokens) and first.fingerprint() == again.fingerprint()
+    data.write_text("four five " * 20)
+    changed = prepare_data([str(data)], tokenizer, seq_len=16, val_fraction=0.0, seed=0, cache_dir=tmp_path)
+    assert changed.fingerprint() != first.fingerprint() and len(list(tmp_path.glob("data-*.pt"))) == 2
+    assert tokenizer.decode(changed.train_tokens[0, 1:6].tolist()) == "four five four five four"

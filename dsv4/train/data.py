@@ -5,6 +5,7 @@ record only what the assistant writes (reasoning, answer, DSML tool calls, the c
 the user's words or tool results. Rows hold whole documents back to back (a document longer than a row is cut);
 row r is split into inputs and targets by `lm_batch`.
 """
+import dataclasses
 import hashlib
 import json
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from dsv4.chat import Tokenizer, encode_messages_ids
+from dsv4.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 class DataError(ValueError):
@@ -137,10 +139,26 @@ class PackedData:
 
 
 def prepare_data(paths: list[str], tokenizer: Tokenizer, seq_len: int, val_fraction: float,
-                 seed: int) -> PackedData:
-    """Read every file, shuffle the documents with `seed`, hold out val_fraction of them, pack both parts."""
+                 seed: int, cache_dir: str | Path | None = None) -> PackedData:
+    """Read every file, shuffle the documents with `seed`, hold out val_fraction of them, pack both parts.
+
+    cache_dir: keep the packed rows there, keyed by the files' names, sizes and times and the arguments, so a
+    resumed run skips rendering (a resume still checks the rows' fingerprint)."""
     if not paths:
         raise DataError("no data files given")
+    if cache_dir is None:
+        return _prepare(paths, tokenizer, seq_len, val_fraction, seed)
+    stats = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+    key = hashlib.sha256(json.dumps([stats, seq_len, val_fraction, seed]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"data-{key}.pt"
+    if path.exists():
+        return PackedData(**load_checkpoint(path)["data"])
+    data = _prepare(paths, tokenizer, seq_len, val_fraction, seed)
+    save_checkpoint({"data": dataclasses.asdict(data)}, path)  # atomic: data-parallel ranks may race here
+    return data
+
+
+def _prepare(paths: list[str], tokenizer: Tokenizer, seq_len: int, val_fraction: float, seed: int) -> PackedData:
     docs = [doc for path in paths for doc in read_documents(path, tokenizer)]
     random.Random(seed).shuffle(docs)
     n_val = int(len(docs) * val_fraction)

@@ -70,7 +70,8 @@ def build_run(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer | N
               world: World | None = None) -> Run:
     """Data, a freshly initialised compact model (seed; see `vocab`), frozen gate biases with their load counter,
     the optimizer. `model_cfg` is the full model's architecture."""
-    data = prepare_data(cfg.data, tokenizer or load_tokenizer(), cfg.seq_len, cfg.val_fraction, cfg.seed)
+    data = prepare_data(cfg.data, tokenizer or load_tokenizer(), cfg.seq_len, cfg.val_fraction, cfg.seed,
+                        cache_dir=cfg.out_dir)
     vocab = ActiveVocab(data.vocab_ids(), model_cfg.vocab_size)
     model = init_weights(Transformer(vocab.compact_config(model_cfg)), cfg.seed)
     load = ExpertLoad(model.train())  # freezes the gate biases before the optimizer collects parameters
