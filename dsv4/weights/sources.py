@@ -53,10 +53,10 @@ class CheckpointSource:
         self.stored = {official_name(k): k for k in ckpt.files if not IGNORED.fullmatch(k)}
         self.formats: dict[str, str] = {}
         expected = {}
-        for entry in plan(model, _ANY):
+        for entry in plan(model, ANY_FORMAT):
             fmt = self._format(entry) if entry.is_matrix else None
             self.formats[entry.name] = fmt
-            expected |= _stored_specs(entry, fmt)
+            expected |= stored_specs(entry, fmt)
         self._check_names(expected)
         for name, (shape, dtype) in expected.items():
             self._check_spec(name, shape, dtype)
@@ -96,7 +96,7 @@ class CheckpointSource:
 
     def matrix(self, entry: Entry) -> tuple[str, Buffers]:
         fmt = self.formats[entry.name]
-        return fmt, {k.rpartition(".")[2]: self.ckpt.read(self.stored[k]) for k in _stored_specs(entry, fmt)}
+        return fmt, {k.rpartition(".")[2]: self.ckpt.read(self.stored[k]) for k in stored_specs(entry, fmt)}
 
     def tensor(self, entry: Entry) -> torch.Tensor:
         return self.ckpt.read(self.stored[entry.name])
@@ -109,10 +109,10 @@ class _AnyRecipe:
         return FLOAT
 
 
-_ANY = _AnyRecipe()
+ANY_FORMAT = _AnyRecipe()
 
 
-def _stored_specs(entry: Entry, fmt: str | None) -> dict[str, tuple]:
+def stored_specs(entry: Entry, fmt: str | None) -> dict[str, tuple]:
     """Expected stored tensors of `entry` held in `fmt`: name -> (shape, dtype or None when any dtype is fine)."""
     if fmt is None:
         return {entry.name: (entry.shape, None)}
