@@ -180,6 +180,21 @@ def test_api_key_and_bounded_queue(model):
         assert httpx.get(f"{srv.url}/health").status_code == 200
 
 
+def test_a_queued_stream_hears_keep_alive_comments_then_its_answer(model):
+    state = make_state(model, model_name="tiny", config=EngineConfig(max_running=1))
+    state.keepalive_s = 0.1
+    with BackgroundServer(state) as srv:
+        url = f"{srv.url}/v1/chat/completions"
+        body = {"model": "tiny", "messages": HI, "max_tokens": 240, "stream": True}
+        with httpx.stream("POST", url, json=body) as first:  # holds the only slot while the second waits
+            first_lines = first.iter_lines()  # kept: a dropped iterator closes the response
+            next(first_lines)
+            with httpx.stream("POST", url, json={**body, "max_tokens": 2}) as second:
+                lines = [line for line in second.iter_lines() if line]
+    answer = [i for i, line in enumerate(lines) if "reasoning_content" in line]
+    assert ": keep-alive" in lines[:answer[0]] and lines[-1] == "data: [DONE]"
+
+
 def test_a_client_that_disconnects_cancels_its_generation(server):
     engine = server.state.loop.engine
     body = {"model": "tiny", "messages": HI, "max_tokens": 200, "stream": True}

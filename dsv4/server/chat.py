@@ -27,10 +27,12 @@ class ChatRun:
     thinking: bool
     exclude: bool
     rid: str
+    keepalive_s: float
 
-    async def pieces(self, request: Request) -> AsyncIterator[tuple[ChatDelta, dict | None]]:
-        """(delta, logprobs entry or None) per token, then the final delta."""
-        async for delta, event in self.gen.decoded(self.decoder, request):
+    async def pieces(self, request: Request, heartbeat_s: float | None = None
+                     ) -> AsyncIterator[tuple[ChatDelta | None, dict | None]]:
+        """(delta, logprobs entry or None) per token, (None, None) per heartbeat, then the final delta."""
+        async for delta, event in self.gen.decoded(self.decoder, request, heartbeat_s):
             lp = R.chat_logprobs(self.tokenizer, event) if event is not None and self.body.logprobs else None
             yield delta, lp
 
@@ -58,7 +60,8 @@ def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
     decoder = ChatDecoder(state.tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools,
                           stop=stop_strings(body))
     gen = Generation(state.loop, state.metrics, ids, params, in_reasoning=prompt.opens_reasoning)
-    return ChatRun(body, gen, decoder, state.tokenizer, mode.enabled, mode.exclude, R.new_id("chatcmpl"))
+    return ChatRun(body, gen, decoder, state.tokenizer, mode.enabled, mode.exclude, R.new_id("chatcmpl"),
+                   state.keepalive_s)
 
 
 async def chat_response(run: ChatRun, request: Request) -> dict:
@@ -80,7 +83,10 @@ async def chat_stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
 
     yield chunk({"role": "assistant", "content": ""})
     has_calls = False
-    async for delta, lp in run.pieces(request):
+    async for delta, lp in run.pieces(request, run.keepalive_s):
+        if delta is None:
+            yield R.KEEP_ALIVE
+            continue
         body = R.delta_body(delta, exclude=run.exclude)
         has_calls = has_calls or bool(delta.tool_calls)
         if body or lp:

@@ -60,8 +60,10 @@ async def completion_response(run: CompletionRun, request: Request) -> dict:
 
 
 async def completion_stream(run: CompletionRun, request: Request) -> AsyncIterator[str]:
-    async for text, event in run.gen.decoded(run.decoder, request):
-        if text or event is not None:
+    async for text, event in run.gen.decoded(run.decoder, request, run.state.keepalive_s):
+        if text is None:
+            yield R.KEEP_ALIVE
+        elif text or event is not None:
             yield R.sse(run.chunk([run.choice(text, [event] if event is not None else [], None)]))
     usage = run.chunk([], usage=run.usage()) if run.body.include_usage else None
     for frame in R.stream_tail(run.chunk([run.choice("", [], run.finish_reason())]), usage):

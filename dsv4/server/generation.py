@@ -36,22 +36,29 @@ class Generation:
     def cached_tokens(self) -> int:
         return self.seq.cached_prompt
 
-    async def events(self, request: Request | None = None) -> AsyncIterator[TokenEvent]:
-        """Token events until the last; cancels the sequence if the client goes away or the consumer stops."""
-        check_at = time.perf_counter() + _POLL_S
+    async def events(self, request: Request | None = None,
+                     heartbeat_s: float | None = None) -> AsyncIterator[TokenEvent | None]:
+        """Token events until the last; None as a heartbeat after `heartbeat_s` without one (SSE keep-alive while
+        queued). Cancels the sequence if the client goes away or the consumer stops."""
+        check_at = quiet_since = time.perf_counter()
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(self._queue.get(), _POLL_S)
                 except TimeoutError:
                     event = None
-                if request is not None and time.perf_counter() >= check_at:  # also while tokens keep coming
-                    check_at = time.perf_counter() + _POLL_S
+                now = time.perf_counter()
+                if request is not None and now >= check_at + _POLL_S:  # also while tokens keep coming
+                    check_at = now
                     if await request.is_disconnected():
                         return
                 if event is None:
+                    if heartbeat_s is not None and now - quiet_since >= heartbeat_s:
+                        quiet_since = now
+                        yield None
                     continue
                 self._observe(event)
+                quiet_since = now
                 yield event
                 if event.finish_reason is not None:
                     self.done, self.finish_reason = True, event.finish_reason
@@ -61,11 +68,15 @@ class Generation:
             if not self.done:
                 self.cancel()
 
-    async def decoded(self, decoder: Any, request: Request) -> AsyncIterator[tuple[Any, TokenEvent | None]]:
-        """(decoder piece, event) per token, then (the decoder's tail, None). `decoder`: a `TextDecoder` or
-        `ChatDecoder`; when its stop string matches, the sequence is cancelled."""
-        async with aclosing(self.events(request)) as events:
+    async def decoded(self, decoder: Any, request: Request,
+                      heartbeat_s: float | None = None) -> AsyncIterator[tuple[Any, TokenEvent | None]]:
+        """(decoder piece, event) per token, (None, None) per heartbeat, then (the decoder's tail, None).
+        `decoder`: a `TextDecoder` or `ChatDecoder`; when its stop string matches, the sequence is cancelled."""
+        async with aclosing(self.events(request, heartbeat_s)) as events:
             async for event in events:
+                if event is None:
+                    yield None, None
+                    continue
                 if event.token is not None:
                     yield decoder.push(event.token), event
                 if decoder.stopped:

@@ -20,6 +20,9 @@ def envelope(kind: str, rid: str, model: str, choices: list[dict], **extra) -> d
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices, **extra}
 
 
+KEEP_ALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see a live connection
+
+
 def sse(body: dict | str) -> str:
     return f"data: {body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)}\n\n"
 

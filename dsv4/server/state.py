@@ -16,6 +16,7 @@ class ServerState:
     model_name: str
     api_key: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    keepalive_s: float = 15.0  # SSE comment after this long without a token (e.g. while queued)
 
     @property
     def context(self) -> int:
