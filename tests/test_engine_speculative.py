@@ -16,6 +16,11 @@ def model():
 PROMPTS = [[3, 17, 99, 4, 250, 31, 8, 77, 402, 5, 6, 19, 300, 2, 45, 61, 7], [9, 8, 7, 6, 5]]
 
 
+def drain(engine: Engine) -> None:
+    while engine.has_work():
+        engine.step()
+
+
 def generate(model, params: SamplingParams, speculative: bool, oracle: list[list[int]] | None = None):
     """Outputs for PROMPTS and the acceptance rate. oracle: per prompt, the tokens plain decoding gives; drafts
     are then right for the first prompt and wrong for the others (accepting and rejecting rows in one batch)."""
@@ -34,8 +39,7 @@ def generate(model, params: SamplingParams, speculative: bool, oracle: list[list
             return right if k == 0 else (right + 1) % model.cfg.vocab_size
 
         engine.runner.draft = draft
-    while engine.has_work():
-        engine.step()
+    drain(engine)
     return [s.output for s in seqs], engine.spec.acceptance_rate if engine.spec else None
 
 
@@ -60,3 +64,17 @@ def test_a_model_without_mtp_refuses_speculation():
     with pytest.raises(ValueError, match="needs the model's MTP module"):
         Engine(random_model(num_nextn_predict_layers=0, compress_ratios=[0, 4, 16, 4]),
                EngineConfig(speculative=True))
+
+
+def test_a_follow_up_turn_reuses_the_cached_prefix_under_speculation(model):
+    greedy = SamplingParams(temperature=0, max_tokens=6)
+    engine = Engine(model, EngineConfig(speculative=True, prefill_chunk=5, eos_ids=NO_EOS))
+    first = engine.add(PROMPTS[0], greedy)
+    drain(engine)
+    follow_up = first.tokens + [21, 22]
+    second = engine.add(follow_up, greedy)
+    drain(engine)
+    plain = Engine(model, EngineConfig(prefix_cache_bytes=0, eos_ids=NO_EOS))
+    alone = plain.add(follow_up, greedy)
+    drain(plain)
+    assert second.cached_prompt > len(PROMPTS[0]) and second.output == alone.output
