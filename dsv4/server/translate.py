@@ -16,6 +16,8 @@ from dsv4.server.schemas import ChatRequest, Sampling
 
 @dataclass
 class ThinkingMode:
+    """The request's reasoning settings: on/off, effort, token budget, and whether replies leave it out."""
+
     enabled: bool = True
     effort: str | None = None
     budget: int | None = None
@@ -23,6 +25,7 @@ class ThinkingMode:
 
 
 def thinking_mode(req: ChatRequest) -> ThinkingMode:
+    """Later switches win: chat_template_kwargs, then `thinking`, then `reasoning`; effort "none" turns it off."""
     mode = ThinkingMode(effort=req.reasoning_effort)
     kwargs = req.chat_template_kwargs or {}
     for key in ("thinking", "enable_thinking"):
