@@ -1,0 +1,104 @@
+"""`dsv4 convert`: official and transformers checkpoints -> dsv4 recipe checkpoints that load back (quantized in
+memory or dequantized), GGUF files whose names, types and bytes llama.cpp's gguf package reads back, atomic
+output, and clear errors."""
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf.quants import dequantize
+
+import dsv4
+from dsv4.cli import main
+from dsv4.quant import QuantEmbedding, QuantLinear
+from dsv4.weights import sources
+from dsv4.weights.writer import save_model
+from hf_reference import build_hf, save_hf
+from tiny_models import random_model
+
+DIMS = dict(hidden_size=128, q_lora_rank=128, head_dim=64, qk_rope_head_dim=16, o_lora_rank=64,
+            moe_intermediate_size=128, n_routed_experts=4, num_hidden_layers=2, compress_ratios=[0, 4, 0])
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "official"
+    save_model(random_model("tiny", seed=5, **DIMS), path, "FP4")
+    return path
+
+
+@pytest.fixture(scope="module")
+def q8(official, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("dst") / "q8"
+    assert main(["convert", str(official), str(dst), "--recipe", "Q8_0"]) == 0
+    return dst
+
+
+def test_converted_checkpoint_loads_quantized_and_dequantized_alike(official, q8):
+    ids = torch.randint(0, 512, (1, 24), generator=torch.Generator().manual_seed(0))
+    q = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="Q8_0")
+    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False)
+    source = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False)
+    assert isinstance(q.layers[1].ffn.experts[3].w2, QuantLinear) and isinstance(q.embed, QuantEmbedding)
+    assert torch.equal(q.layers[1].ffn.experts[3].w2.dequantize(), plain.layers[1].ffn.experts[3].w2.weight)
+    with torch.no_grad():
+        a, b, c = q(ids), plain(ids), source(ids)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert 0 < (b - c).norm() / c.norm() < 0.05  # Q8_0 of the FP8/FP4 weights: one more (small) rounding
+
+
+@pytest.mark.filterwarnings("ignore:.*no MTP weights")
+def test_transformers_checkpoint_converts_and_matches_its_float_logits(tmp_path):
+    src = save_hf(build_hf(seed=2, num_hidden_layers=2, compress_ratios=[0, 4], num_hash_layers=1, hc_mult=2),
+                  tmp_path / "hf")
+    assert main(["convert", str(src), str(tmp_path / "q8"), "--recipe", "Q8_0"]) == 0
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = dsv4.load_model(src, dtype=torch.float32)(ids)
+        got = dsv4.load_model(tmp_path / "q8", dtype=torch.float32, recipe="Q8_0")(ids)
+    assert 0 < (got - ref).norm() / ref.norm() < 0.02
+
+
+def test_gguf_export_has_deepseek4_names_types_and_bytes(q8, tmp_path):
+    dst = tmp_path / "m.gguf"
+    assert main(["convert", str(q8), str(dst), "--recipe", "Q8_0"]) == 0
+    reader = gguf.GGUFReader(dst)
+    tensors = {t.name: t for t in reader.tensors}
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "deepseek4"
+    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False)
+    experts = torch.stack([e.w1.weight for e in plain.layers[1].ffn.experts])
+    cases = {"token_embd.weight": plain.embed.weight, "blk.0.attn_q_a.weight": plain.layers[0].attn.wq_a.weight,
+             "blk.1.ffn_gate_exps.weight": experts, "blk.2.nextn.e_proj.weight": plain.mtp[0].e_proj.weight}
+    for name, want in cases.items():
+        t = tensors[name]
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0, name
+        got = dequantize(np.asarray(t.data), t.tensor_type)
+        assert np.array_equal(got.reshape(want.shape), want.detach().numpy()), name
+    assert tensors["blk.1.exp_probs_b.bias"].tensor_type == gguf.GGMLQuantizationType.F32
+    assert tensors["blk.0.ffn_gate_tid2eid.weight"].tensor_type == gguf.GGMLQuantizationType.I32
+    assert "blk.1.indexer.attn_q_b.weight" in tensors and "output_hc_fn.weight" in tensors
+
+
+def test_fp8_recipe_cannot_be_written_as_gguf(official, tmp_path, capsys):
+    assert main(["convert", str(official), str(tmp_path / "m.gguf"), "--recipe", "FP8"]) == 1
+    assert "weight format 'fp8' has no ggml type" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crash_mid_conversion_leaves_nothing_behind(official, tmp_path, monkeypatch):
+    calls = []
+
+    def failing(bufs, src, dst, name):
+        calls.append(name)
+        if len(calls) == 5:
+            raise RuntimeError("disk on fire")
+        return real(bufs, src, dst, name)
+    real = sources.convert
+    monkeypatch.setattr("dsv4.weights.writer.convert", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        main(["convert", str(official), str(tmp_path / "out"), "--recipe", "Q8_0"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_destination_is_refused(official, q8, capsys):
+    assert main(["convert", str(official), str(q8), "--recipe", "Q8_0"]) == 1
+    assert "already exists" in capsys.readouterr().err
