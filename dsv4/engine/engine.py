@@ -48,6 +48,10 @@ class Engine:
 
     def add(self, prompt: list[int], params: SamplingParams, in_reasoning: bool = False) -> Sequence:
         """Queue a request. in_reasoning: the prompt opened a think block (for the reasoning budget)."""
+        return self.enqueue(self.new_sequence(prompt, params, in_reasoning))
+
+    def new_sequence(self, prompt: list[int], params: SamplingParams, in_reasoning: bool = False) -> Sequence:
+        """A validated sequence, not queued yet (reads only the model's config: safe from any thread)."""
         if not prompt:
             raise EngineError("prompt: expected at least one token, found none")
         vocab = self.runner.cfg.vocab_size
@@ -55,7 +59,9 @@ class Engine:
             raise EngineError(f"prompt: token ids must lie in [0, {vocab}), found {min(prompt)}..{max(prompt)}")
         if len(prompt) >= self.context:
             raise ContextLengthError(len(prompt), self.context)
-        seq = Sequence(list(prompt), params, in_reasoning=in_reasoning)
+        return Sequence(list(prompt), params, in_reasoning=in_reasoning)
+
+    def enqueue(self, seq: Sequence) -> Sequence:
         self.scheduler.add(seq)
         self.sequences[seq.seq_id] = seq
         return seq

@@ -1,6 +1,8 @@
 """The engine in a background thread: callers submit and cancel from any thread; events come back by callback.
 
-The server wraps the callback with `loop.call_soon_threadsafe` to feed one asyncio queue per request.
+Callers never wait for a step: `submit` and `cancel` only touch a small inbox under a lock that a running step
+never holds; the engine thread applies the inbox between steps. The server wraps the callback with
+`loop.call_soon_threadsafe` to feed one asyncio queue per request.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from dsv4.engine.engine import Engine
+from dsv4.engine.errors import QueueFullError
 from dsv4.engine.params import SamplingParams
 from dsv4.engine.sequence import Sequence, TokenEvent
 
@@ -21,7 +24,9 @@ class EngineLoop:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # guards the inbox and listeners; never held during a step
+        self._adds: list[Sequence] = []
+        self._cancels: list[int] = []
         self._listeners: dict[int, Listener] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="dsv4-engine", daemon=True)
@@ -29,21 +34,26 @@ class EngineLoop:
 
     def submit(self, prompt: list[int], params: SamplingParams, listener: Listener,
                in_reasoning: bool = False) -> Sequence:
+        seq = self.engine.new_sequence(prompt, params, in_reasoning)
         with self._lock:
-            seq = self.engine.add(prompt, params, in_reasoning=in_reasoning)
+            limit = self.engine.config.max_waiting
+            if self.engine.scheduler.queue_depth + len(self._adds) >= limit:
+                raise QueueFullError(limit)
+            self._adds.append(seq)
             self._listeners[seq.seq_id] = listener
             self._lock.notify()
         return seq
 
     def cancel(self, seq_id: int) -> None:
-        """Stop a sequence and free its memory; its listener hears nothing more."""
+        """Stop a sequence and free its memory before the next step; its listener hears nothing more."""
         with self._lock:
             self._listeners.pop(seq_id, None)
-            self.engine.cancel(seq_id)
+            self._cancels.append(seq_id)
+            self._lock.notify()
 
     @property
     def queue_depth(self) -> int:
-        return self.engine.scheduler.queue_depth
+        return self.engine.scheduler.queue_depth + len(self._adds)
 
     @property
     def running(self) -> int:
@@ -56,13 +66,9 @@ class EngineLoop:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
+        while self._take_inbox():
+            events = self._step() if self.engine.has_work() else []
             with self._lock:
-                while not self._stopping and not self.engine.has_work():
-                    self._lock.wait()
-                if self._stopping:
-                    return
-                events = self._step()
                 targets = [(self._listeners.get(e.seq_id), e) for e in events]
                 for e in events:
                     if e.finish_reason is not None:
@@ -70,6 +76,20 @@ class EngineLoop:
             for listener, event in targets:
                 if listener is not None:
                     listener(event)
+
+    def _take_inbox(self) -> bool:
+        """Wait for work; queue new sequences and apply cancellations. False when closing."""
+        with self._lock:
+            while not (self._stopping or self._adds or self._cancels or self.engine.has_work()):
+                self._lock.wait()
+            if self._stopping:
+                return False
+            for seq in self._adds:
+                self.engine.enqueue(seq)
+            cancels, self._adds, self._cancels = self._cancels, [], []
+        for seq_id in cancels:
+            self.engine.cancel(seq_id)
+        return True
 
     def _step(self) -> list[TokenEvent]:
         """One engine step; if it fails, every live request ends with finish_reason "error" and the thread lives."""
