@@ -147,4 +147,4 @@ class Engine:
         row = self.batch.remove(seq.seq_id) or seq.cache
         seq.cache = None
         if store and row is not None and self.prefix is not None:
-            self.prefix.store(seq.tokens, row)
+            self.prefix.store(seq.tokens, row, copy=False)  # the row is ours alone now

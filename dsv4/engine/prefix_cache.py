@@ -28,8 +28,9 @@ class PrefixCache:
     def nbytes(self) -> int:
         return self._bytes
 
-    def store(self, tokens: list[int], cache: ModelCache) -> None:
-        """Record a copy of a batch-1 cache whose positions hold `tokens[:cache.pos]`."""
+    def store(self, tokens: list[int], cache: ModelCache, copy: bool = True) -> None:
+        """Record a batch-1 cache whose positions hold `tokens[:cache.pos]` (a copy, unless the caller hands it
+        over with copy=False)."""
         pos = int(cache.pos[0])
         key = tuple(tokens[:pos + self.lookahead])
         if len(key) < pos + self.lookahead or pos == 0 or key in self._entries:
@@ -37,7 +38,7 @@ class PrefixCache:
         size = cache.nbytes()
         if size > self.max_bytes:
             return
-        self._entries[key] = select_rows(cache, [0])
+        self._entries[key] = select_rows(cache, [0]) if copy else cache
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, old = self._entries.popitem(last=False)
