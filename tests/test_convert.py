@@ -102,3 +102,11 @@ def test_a_crash_mid_conversion_leaves_nothing_behind(official, tmp_path, monkey
 def test_existing_destination_is_refused(official, q8, capsys):
     assert main(["convert", str(official), str(q8), "--recipe", "Q8_0"]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_loading_with_a_recipe_converts_while_streaming_to_the_same_bytes_as_convert(official, q8):
+    on_load = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False, recipe="Q8_0")
+    from_disk = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="Q8_0")
+    a, b = dict(on_load.named_buffers()), dict(from_disk.named_buffers())
+    quantized = [k for k, v in a.items() if v.dtype == torch.uint8]
+    assert len(quantized) > 20 and all(torch.equal(a[k], b[k]) for k in quantized)
