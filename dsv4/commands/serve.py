@@ -20,8 +20,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from dsv4.server.run import make_state, serve  # fastapi/uvicorn only when serving
-
+    try:
+        from dsv4.server.run import make_state, serve  # fastapi/uvicorn only when serving
+    except ImportError as e:
+        return request_error("serve", ImportError(f"{e.msg}; install the server extra: pip install 'dsv4[serve]'"))
     model = load_model_or_explain(args)
     if model is None:
         return 2
