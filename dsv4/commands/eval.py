@@ -13,6 +13,7 @@ from dsv4.train.evaluate import EVAL_MODES, accuracy, run_mode
 from dsv4.train.greedy import engine_generate, greedy_generate
 from dsv4.train.loop import load_trained_model
 from dsv4.train.tasks import generate_tasks
+from dsv4.train.threads import torch_threads
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--modes", nargs="+", default=list(EVAL_MODES), choices=EVAL_MODES)
     p.add_argument("--max-tokens", type=int, default=400, help="generated tokens per turn")
     p.add_argument("--loop", action="store_true", help="decode with the plain greedy loop instead of the engine")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object {mode: accuracy}")
     p.set_defaults(func=run)
 
@@ -43,12 +45,18 @@ def run(args: argparse.Namespace) -> int:
     generate = (greedy_generate(model, args.max_tokens, frozenset({tokenizer.eos_id})) if args.loop
                 else engine_generate(Engine(model, EngineConfig()), args.max_tokens))
     tasks = generate_tasks(args.n, args.seed)
-    results = {mode: run_mode(tasks, mode, generate, tokenizer) for mode in args.modes}
+    with torch_threads(args.threads):
+        results = {mode: run_mode(tasks, mode, generate, tokenizer) for mode in args.modes}
+    report(results, args)
+    return 0
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    """One JSON object {mode: accuracy}, or a table with the multi-step accuracy too."""
     if args.json:
         print(json.dumps({mode: accuracy(outcomes) for mode, outcomes in results.items()}))
-        return 0
+        return
     print(f"{args.n} held-out tasks, seed {args.seed}")
     print(f"{'mode':<10} {'all':>6} {'multi-step':>11}")
     for mode, outcomes in results.items():
         print(f"{mode:<10} {accuracy(outcomes):>6.1%} {accuracy(outcomes, multi_step_only=True):>11.1%}")
-    return 0

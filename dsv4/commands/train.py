@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     model.add_argument("--model", default="demo", choices=sorted(MODELS), help="architecture (default: demo)")
     model.add_argument("--model-config", help="a config.json (any dialect ModelConfig reads) instead of --model")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT} when it exists")
-    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: small models gain "
+                   "little from more, and a busy machine loses; 0 = torch's default)")
     p.add_argument("--no-plot", action="store_true", help="skip the loss plot (no matplotlib needed)")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in _SKIP:
