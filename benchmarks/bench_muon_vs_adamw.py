@@ -41,7 +41,7 @@ def run_one(optimizer: str, data: Path, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(data=[str(data)], out_dir=str(Path(args.out) / optimizer), seed=args.seed, steps=args.steps,
                       batch_size=args.batch_size, micro_batch=args.batch_size, seq_len=args.seq_len,
                       optimizer=optimizer, lr=args.lr, warmup=max(1, args.steps // 20), eval_every=max(1, args.steps // 10),
-                      ckpt_every=args.steps, log_every=max(1, args.steps // 10), plot=False)
+                      ckpt_every=args.steps, log_every=max(1, args.steps // 10))
     t0 = time.perf_counter()
     run = train(cfg, model_config("demo", **BENCH_MODEL))
     val = [m for m in run.history if "val_loss" in m]

@@ -91,7 +91,7 @@ def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
 
     write_jsonl(task_records(8, seed=2), tmp_path / "d.jsonl")
     cfg = TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "run"), steps=1, batch_size=1,
-                      micro_batch=1, seq_len=64, warmup=1, plot=False)
+                      micro_batch=1, seq_len=64, warmup=1)
     train(cfg, ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)))
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "2", "--max-tokens", "3",

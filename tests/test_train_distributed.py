@@ -29,7 +29,7 @@ def test_two_torchrun_processes_train_the_same_weights_as_one(tmp_path):
            "--model-config", str(tmp_path / "model.json"), "--threads", "1", "--no-plot", *flags]
     dp = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with torch_threads(1):  # the same float summation order as the --threads 1 ranks
-        single = train(TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "one"), plot=False,
+        single = train(TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "one"),
                                    **ARGS), ModelConfig(**MODEL))
     out, _ = dp.communicate(timeout=300)
     assert dp.returncode == 0, out[-3000:]

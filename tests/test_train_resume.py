@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 def _config(root, out: str) -> TrainConfig:
     return TrainConfig(data=[str(root / "tasks.jsonl")], out_dir=str(root / out), steps=STEPS, batch_size=4,
-                       micro_batch=2, seq_len=96, warmup=2, eval_every=3, ckpt_every=2, log_every=1, plot=False)
+                       micro_batch=2, seq_len=96, warmup=2, eval_every=3, ckpt_every=2, log_every=1)
 
 
 @pytest.fixture()

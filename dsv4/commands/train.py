@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from dsv4.config import ModelConfig
 from dsv4.train.demo_model import MODELS, model_config
 from dsv4.train.distributed import init_world
-from dsv4.train.loop import CHECKPOINT, load_trained_model, train
+from dsv4.train.loop import CHECKPOINT, load_trained_model, plot_history, train
+from dsv4.train.plot import PlotError
 from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
 from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
-_SKIP = {"data", "out_dir", "plot"}
+_SKIP = {"data", "out_dir"}
 
 
 def register(subparsers) -> None:
@@ -54,14 +56,23 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIP}
-    cfg = TrainConfig(data=args.data, out_dir=args.out, plot=not args.no_plot, **values)
+    cfg = TrainConfig(data=args.data, out_dir=args.out, **values)
     model_cfg = ModelConfig.from_file(args.model_config) if args.model_config else model_config(args.model)
     ckpt = Path(args.out) / CHECKPOINT
     with torch_threads(args.threads):
         run_ = train(cfg, model_cfg, resume_from=ckpt if args.resume and ckpt.exists() else None, world=init_world())
     if run_.world.is_main:
         print(f"done: step {run_.step}, checkpoint {ckpt}")
+        if not args.no_plot:
+            _plot(run_.history, Path(args.out) / "loss.png", f"{cfg.optimizer}, seed {cfg.seed}")
     return 0
+
+
+def _plot(history: list[dict], path: Path, title: str) -> None:
+    try:
+        print(f"loss curve: {plot_history(history, path, title=title)}")
+    except PlotError as e:  # the run itself succeeded; only the picture is missing
+        print(f"dsv4 train: no loss plot: {e}", file=sys.stderr)
 
 
 def run_data(args: argparse.Namespace) -> int:

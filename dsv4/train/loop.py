@@ -1,5 +1,6 @@
 """The training loop: data-parallel steps of LM + MTP loss, gradient clipping, Muon (or AdamW), gate-bias
-balancing, periodic validation, atomic checkpoints with exact resume, progress output and a loss plot.
+balancing, periodic validation, atomic checkpoints with exact resume, progress output; `plot_history` draws
+the loss curves.
 
 Exact resume: everything a step depends on is either in the checkpoint (weights, gate biases, hash tables,
 optimizer state, step) or a pure function of (seed, step) (the batch rows, the learning rate); there is no
@@ -168,8 +169,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, *, resume_from: str | Path |
         if run.world.is_main and (run.step % cfg.ckpt_every == 0 or run.step == cfg.steps):
             save_checkpoint(checkpoint_state(run), out / CHECKPOINT)
     progress.close()
-    if run.world.is_main and cfg.plot:
-        plot_history(run.history, out / "loss.png", title=f"{cfg.optimizer}, seed {cfg.seed}")
     return run
 
 

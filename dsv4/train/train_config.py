@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 OPTIMIZERS = ("muon", "adamw")
 # Fields that may change when a run resumes: where it writes, how often it reports. Every other field shapes
 # the trajectory, so a resume must use the checkpoint's values for exact continuation.
-CADENCE_FIELDS = frozenset({"out_dir", "log_every", "eval_every", "ckpt_every", "plot"})
+CADENCE_FIELDS = frozenset({"out_dir", "log_every", "eval_every", "ckpt_every"})
 
 
 class TrainConfigError(ValueError):
@@ -40,7 +40,6 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 100
     ckpt_every: int = 100
-    plot: bool = True
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "micro_batch", "seq_len", "log_every", "eval_every", "ckpt_every")
