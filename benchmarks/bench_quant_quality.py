@@ -81,8 +81,13 @@ def rss_bytes() -> int:
 def measure(path: str, recipe: str, held_out: str) -> None:
     """(Child process.) Load `path` under `recipe`; print RSS growth, weight bytes and save held-out logits."""
     from dsv4 import load_model
-    with torch.no_grad():  # warm up lazy imports, thread pools and the allocator so `before` excludes them
+    start = rss_bytes()
+    # The fixed, once-per-process cost: lazy imports, thread pools, and torch's meta-device registrations (~70 MB,
+    # imported by the first meta build); measured apart so the load's own growth can be compared with its weights.
+    with torch.no_grad():
         Transformer(ModelConfig(**PRESETS["tiny"]))(torch.zeros(1, 8, dtype=torch.long))
+    with torch.device("meta"):
+        Transformer(ModelConfig(**PRESETS["tiny"]))
     before = rss_bytes()
     model = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe)
     rss = rss_bytes() - before
@@ -90,7 +95,7 @@ def measure(path: str, recipe: str, held_out: str) -> None:
     with torch.no_grad():
         logits = model(torch.load(held_out)[:, :-1])
     torch.save(logits, f"{held_out}.{recipe}.pt")
-    print(json.dumps({"rss_bytes": rss, "weight_bytes": weights}))
+    print(json.dumps({"rss_bytes": rss, "weight_bytes": weights, "fixed_overhead_bytes": before - start}))
 
 
 def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
@@ -135,8 +140,9 @@ def main() -> None:
     ref = torch.load(f"{held_out}.BF16.pt")
     for r, row in rows.items():
         row["kl"], row["ppl"] = quality(ref, torch.load(f"{held_out}.{r}.pt"), targets)
-        print(f"{r:8s} disk {row['disk_bytes'] / 1e6:7.2f} MB  weights {row['weight_bytes'] / 1e6:7.2f} MB  "
-              f"rss +{row['rss_bytes'] / 1e6:7.2f} MB  KL {row['kl']:.5f}  ppl {row['ppl']:.3f}", flush=True)
+        print(f"{r:8s} disk {row['disk_bytes'] / 1e6:6.2f} MB  weights {row['weight_bytes'] / 1e6:6.2f} MB  "
+              f"load rss +{row['rss_bytes'] / 1e6:6.2f} MB (fixed overhead {row['fixed_overhead_bytes'] / 1e6:5.1f} MB)  "
+              f"KL {row['kl']:.5f}  ppl {row['ppl']:.3f}", flush=True)
     result = {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text",
               "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows, "model": MODEL}
     (args.out / "quant_quality.json").write_text(json.dumps(result, indent=2))
