@@ -82,6 +82,8 @@ def test_a_run_killed_and_resumed_ends_with_the_same_weights_as_an_uninterrupted
     gates = [k for k in a if k.endswith("gate.bias")]
     assert gates and all(a[k].abs().sum() > 0 for k in gates)  # the balancing biases moved and match too
     assert [m["loss"] for m in whole.history] == [m["loss"] for m in resumed.history]
+    logged = [json.loads(line)["step"] for line in (setup / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, STEPS + 1))  # each step once, whatever the killed run had logged
 
 
 def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, *, resume_from: str | Path |
         resume(run, load_checkpoint(resume_from))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(out, run.step, cfg.steps, cfg.log_every, enabled=run.world.is_main)
+    progress = Progress(out, run.history, cfg.steps, cfg.log_every, enabled=run.world.is_main)
     while run.step < cfg.steps:
         metrics = train_step(run)
         if run.step % cfg.eval_every == 0 or run.step == cfg.steps:

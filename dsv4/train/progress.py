@@ -9,13 +9,18 @@ from tqdm import tqdm
 
 
 class Progress:
-    """Reports metrics dicts (see `train.loop.train_step`) for steps start..total."""
+    """Reports metrics dicts (see `train.loop.train_step`) after the steps already in `history`, up to total.
 
-    def __init__(self, out_dir: str | Path, start: int, total: int, log_every: int, enabled: bool = True):
+    metrics.jsonl is rewritten from `history` first: after a resume it holds each step once, even the steps a
+    killed run had logged past its last checkpoint."""
+
+    def __init__(self, out_dir: str | Path, history: list[dict], total: int, log_every: int, enabled: bool = True):
         self.enabled, self.log_every = enabled, log_every
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
+        self.bar = tqdm(total=total, initial=len(history), unit="step", dynamic_ncols=True, file=sys.stderr,
                         disable=not enabled)
         self.metrics = Path(out_dir) / "metrics.jsonl"
+        if enabled:
+            self.metrics.write_text("".join(json.dumps(m) + "\n" for m in history))
 
     def update(self, m: dict) -> None:
         if not self.enabled:
