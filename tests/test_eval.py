@@ -62,8 +62,9 @@ def test_a_babbling_model_scores_zero_and_a_bad_tool_call_gets_an_error_back(tok
 
     def babble(prompts):
         calls.append(tokenizer.decode(prompts[0]))
-        call = ('\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="calculator">\n<｜DSML｜parameter name="expression" '
-                'string="true">1 +</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>')
+        call = ('\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="calculator">\n<｜DSML｜parameter '
+                'name="expression" string="true">1 +</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
+                '</｜DSML｜tool_calls>')
         text = call if len(calls) == 1 else "no idea"
         return [tokenizer.encode(text) + [tokenizer.eos_id] for _ in prompts]
 

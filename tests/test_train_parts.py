@@ -1,6 +1,7 @@
 """Training parts against independent references: the compact model's loss equals the full-vocabulary
-cross-entropy of the expanded model (main head and MTP), chat masks cover exactly what the assistant writes, packing keeps documents
-whole, batches cover every row once per epoch, gate biases move towards balance, the lr schedule's shape."""
+cross-entropy of the expanded model (main head and MTP), chat masks cover exactly what the assistant writes,
+packing keeps documents whole, batches cover every row once per epoch, gate biases move towards balance, the lr
+schedule's shape, the packed-data cache."""
 import math
 
 import pytest

@@ -1,7 +1,8 @@
 """Random initialisation of a V4 model for training from scratch (`Transformer(cfg)` leaves many tensors zero).
 
-- every weight matrix (projections, experts, router, embedding, head): N(0, std); the matrices that write into
-  the residual streams (attention `wo_b`, expert `w2`) use std / sqrt(2 * layers), as GPT-2 does; the head starts at zero (uniform first predictions, loss ln V);
+- every weight matrix (projections, experts, router, embedding): N(0, std); the matrices that write into
+  the residual streams (attention `wo_b`, expert `w2`) use std / sqrt(2 * layers), as GPT-2 does; the head
+  starts at zero (uniform first predictions, loss ln V);
 - mHC `hc_*_fn`: N(0, std) too: with zeros every stream would get the same mixing weights and the hc_mult
   streams, which start as copies of the embedding, would stay identical forever;
 - hash layers: `tid2eid` gives each token `num_experts_per_tok` distinct experts drawn uniformly;

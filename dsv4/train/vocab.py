@@ -32,8 +32,9 @@ class ActiveVocab:
     def __init__(self, ids: Iterable[int], vocab_size: int):
         self.ids = torch.tensor(sorted(set(ids)), dtype=torch.long)
         if self.ids.numel() == 0 or self.ids[0] < 0 or self.ids[-1] >= vocab_size:
+            span = f" in [{self.ids[0]}, {self.ids[-1]}]" if len(self.ids) else ""
             raise VocabError(f"active ids must be a non-empty subset of [0, {vocab_size}), found "
-                             f"{self.ids.numel()} ids" + (f" in [{self.ids[0]}, {self.ids[-1]}]" if len(self.ids) else ""))
+                             f"{self.ids.numel()} ids{span}")
         self.vocab_size = vocab_size
         self.lookup = torch.full((vocab_size,), -1, dtype=torch.long)
         self.lookup[self.ids] = torch.arange(len(self.ids))
