@@ -110,3 +110,13 @@ def test_loading_with_a_recipe_converts_while_streaming_to_the_same_bytes_as_con
     a, b = dict(on_load.named_buffers()), dict(from_disk.named_buffers())
     quantized = [k for k, v in a.items() if v.dtype == torch.uint8]
     assert len(quantized) > 20 and all(torch.equal(a[k], b[k]) for k in quantized)
+
+
+def test_bf16_load_with_a_recipe_runs_in_bf16_and_matches_fp32(q8):
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(2))
+    half = dsv4.load_model(q8, dtype=torch.bfloat16, simulate_quant=False, recipe="Q8_0")
+    full = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="Q8_0")
+    assert half.layers[0].attn.wq_b(torch.zeros(1, 128, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with torch.no_grad():
+        a, b = half(ids), full(ids)
+    assert (a - b).norm() / b.norm() < 0.05

@@ -7,15 +7,13 @@ is read, converted and placed one at a time, so the process never holds a second
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from dsv4.model.transformer import Transformer, cast_model, fp32_island_names
-from dsv4.quant import QuantEmbedding, QuantLinear, Recipe, get_recipe
+from dsv4.quant import QuantEmbedding, QuantLinear, Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
 from dsv4.weights.checkpoint import Checkpoint, CheckpointError, checkpoint_files
 from dsv4.weights.layout import Entry, plan
@@ -23,10 +21,6 @@ from dsv4.weights.sources import FLOAT, CheckpointSource, convert
 
 __all__ = ["CheckpointError", "checkpoint_files", "load_model"]
 
-# Matrices held as float even when the recipe quantizes their group, with the recipe's rounding: the model reads
-# their `.weight` directly (wo_a in a grouped einsum, as the reference whose convert.py dequantizes wo_a to BF16;
-# the head in the fp32 logits GEMM of Transformer.logits).
-FLOAT_IN_MEMORY = re.compile(r"(?:layers|mtp)\.\d+\.attn\.wo_a|head")
 _ALL_FLOAT = get_recipe("BF16")
 
 
@@ -50,8 +44,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     entries = plan(model, recipe or _ALL_FLOAT)
     keep32 = fp32_island_names(model)
-    with torch.device("meta"):
-        _swap_quantized(model, entries, dtype)
+    cast_model(model, dtype)  # on meta: sets the dtypes (QuantEmbedding takes its output dtype from the weight)
+    if recipe is not None:
+        with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
+            prepare_module(model, recipe)
     model = model.to_empty(device=device)
     targets = dict(model.named_parameters()) | dict(model.named_buffers())
     for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
@@ -66,19 +62,6 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     return cast_model(model, dtype).eval()
 
 
-def _swap_quantized(model: nn.Module, entries: list[Entry], dtype: torch.dtype) -> None:
-    """Replace (on meta) each matrix whose format is a codec by an empty QuantLinear / QuantEmbedding."""
-    for e in entries:
-        if not e.is_matrix or e.fmt in PLAIN or FLOAT_IN_MEMORY.fullmatch(e.name):
-            continue
-        parent, _, attr = e.name.rpartition(".")
-        if isinstance(model.get_submodule(e.name), nn.Embedding):
-            new = QuantEmbedding(*QuantEmbedding.shape_args(*e.shape), e.fmt, e.name, dtype=dtype)
-        else:
-            new = QuantLinear(*QuantLinear.shape_args(*e.shape), e.fmt, e.name)
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
 def _fill_quantized(module: QuantLinear | QuantEmbedding, entry: Entry, source: CheckpointSource) -> None:
     src, bufs = source.matrix(entry)
     for key, value in convert(bufs, src, entry.fmt, entry.name).items():
@@ -86,7 +69,7 @@ def _fill_quantized(module: QuantLinear | QuantEmbedding, entry: Entry, source: 
 
 
 def _float_matrix(entry: Entry, source: CheckpointSource) -> torch.Tensor:
-    """The matrix as a float tensor [out, in]; for FLOAT_IN_MEMORY matrices of a quantized group, the recipe's rounding."""
+    """The matrix as a float tensor [out, in]; for a float-in-memory matrix of a quantized group, the recipe's rounding."""
     src, bufs = source.matrix(entry)
     if entry.fmt not in PLAIN:
         bufs, src = convert(bufs, src, entry.fmt, entry.name), entry.fmt
