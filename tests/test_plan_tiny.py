@@ -1,6 +1,7 @@
 """Planner pieces on tiny configs and synthetic tiers: weight bytes equal what the quantization transform stores,
 the greedy split, the machine description and the quality results file."""
 import json
+import re
 from math import inf
 
 import pytest
@@ -18,7 +19,7 @@ from dsv4.presets import PRESETS
 from dsv4.quant.codecs import PLAIN
 from dsv4.quant.linear import QuantWeight
 from dsv4.quant.recipes import get_recipe
-from dsv4.quant.transform import quantize_module
+from dsv4.quant.transform import FLOAT_IN_MEMORY, quantize_module
 
 # Tiny shapes that are multiples of 128, so the FP8/FP4 recipes apply (2 experts keep the FP4 codec fast).
 TINY_128 = dict(PRESETS["tiny"], hidden_size=128, q_lora_rank=128, head_dim=64, o_lora_rank=64,
@@ -33,8 +34,11 @@ def test_planned_bytes_equal_the_buffers_of_the_quantized_model(preset, recipe):
     stored = {f"{name}.weight": sum(b.numel() * b.element_size() for b in m.buffers())
               for name, m in model.named_modules() if isinstance(m, QuantWeight)}
     r = get_recipe(recipe)
+    # wo_a is stored in the attention format but held float in memory (as convert.py does): planned as stored.
+    float_in_memory = [re.compile(p + r"\.weight") for p in FLOAT_IN_MEMORY]
     planned = {t.name: tensor_bytes(t, r) for t in tensor_inventory(cfg)
-               if t.group != KEPT and r.format_of(t.group) not in PLAIN}
+               if t.group != KEPT and r.format_of(t.group) not in PLAIN
+               and not any(p.fullmatch(t.name) for p in float_in_memory)}
     assert planned == stored
 
 
