@@ -36,3 +36,15 @@ def test_routing_weight_is_applied_before_w2_in_fp32_then_cast():
     got = expert(x, w)
     assert torch.equal(got, spec)
     assert not torch.equal(got, hf_order)
+
+
+def test_forward_and_backward_run_under_bf16_autocast():
+    """Training may use CPU bf16 autocast: the fp32 islands (compressor projections) must not be downcast into
+    their fp32 state buffers."""
+    model = random_model("tiny").train()
+    ids = torch.randint(0, 512, (2, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids).float().logsumexp(-1).mean()
+    loss.backward()
+    grad = model.layers[1].attn.compressor.wkv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0

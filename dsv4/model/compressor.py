@@ -41,8 +41,9 @@ class Compressor(nn.Module):
         chunk, N = max_b (start_b + S) // m (rows with fewer have invisible padding).
         """
         m, (B, S, _) = self.ratio, x.shape
-        v = F.linear(x.float(), self.wkv.weight.float())  # fp32 island, as in the reference
-        z = F.linear(x.float(), self.wgate.weight.float())
+        with torch.autocast(x.device.type, enabled=False):  # fp32 island, as in the reference (also under autocast)
+            v = F.linear(x.float(), self.wkv.weight.float())
+            z = F.linear(x.float(), self.wgate.weight.float())
         offset = start % m                                                 # [B] tokens already in the current window
         n_win = (m - 1 + S) // m + 1                                       # local windows 0..n_win-1
         slots = offset[:, None] + torch.arange(S, device=x.device)         # [B, S] local slot of each new token
