@@ -157,7 +157,7 @@ _MODELARGS_ALIASES = {
     "rope_head_dim": "qk_rope_head_dim", "window_size": "sliding_window", "n_activated_experts": "num_experts_per_tok",
     "moe_inter_dim": "moe_intermediate_size", "n_hash_layers": "num_hash_layers", "score_func": "scoring_func",
     "route_scale": "routed_scaling_factor", "n_mtp_layers": "num_nextn_predict_layers", "norm_eps": "rms_norm_eps",
-    "rope_factor": "rope_factor", "original_seq_len": "original_max_position_embeddings",
+    "original_seq_len": "original_max_position_embeddings",
 }
 # Keys that describe the checkpoint but change nothing we compute, with the only value we accept (None: any value).
 _DESCRIPTIVE = {
@@ -178,7 +178,8 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _fold_hf_keys(raw, out)
     _fold_rope(raw, out)
-    if raw.get("dtype") == "fp8" or "scale_fmt" in raw and "quantization_config" not in raw:
+    modelargs_fp8 = raw.get("dtype") == "fp8" or ("scale_fmt" in raw and "quantization_config" not in raw)
+    if modelargs_fp8:  # inference/config.json describes its FP8 weights with `dtype` / `scale_fmt`
         out["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": raw.get("scale_fmt", "ue8m0"),
                                       "weight_block_size": [128, 128]}
         raw.pop("dtype", None)
