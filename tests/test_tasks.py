@@ -10,7 +10,7 @@ import pytest
 from dsv4.train.calculator import CALCULATOR_TOOL, CalculatorError, calculate, format_number
 from dsv4.train.grading import grade
 from dsv4.train.task_messages import ModeError, to_messages
-from dsv4.train.tasks import KINDS, MULTI_STEP, Task, UnknownKindError, generate_tasks
+from dsv4.train.tasks import KINDS, MULTI_STEP, Task, UnknownKindError, generate_tasks, split_of
 
 
 def test_same_seed_gives_the_same_tasks_and_a_longer_list_extends_a_shorter_one():
@@ -18,10 +18,20 @@ def test_same_seed_gives_the_same_tasks_and_a_longer_list_extends_a_shorter_one(
     assert generate_tasks(50, seed=5) == generate_tasks(200, seed=5)[:50]
 
 
-def test_different_seeds_give_almost_disjoint_questions():
-    a = {t.question for t in generate_tasks(1000, seed=0)}
-    b = {t.question for t in generate_tasks(1000, seed=1)}
-    assert len(a) > 980 and len(a & b) < 20
+def _inputs(t: Task) -> str:
+    return json.dumps([t.kind, t.inputs], sort_keys=True)
+
+
+def test_train_and_test_splits_never_share_inputs():
+    train = generate_tasks(3000, seed=0, split="train")
+    test = generate_tasks(300, seed=1, split="test")
+    assert {t.kind for t in test} == set(KINDS)
+    assert not {_inputs(t) for t in train} & {_inputs(t) for t in test}
+    assert generate_tasks(100, seed=0, split="train") == generate_tasks(300, seed=0, split="train")[:100]
+    unsplit = generate_tasks(2000, seed=2)
+    assert 0.05 < sum(split_of(t) == "test" for t in unsplit) / len(unsplit) < 0.15
+    with pytest.raises(ValueError, match="split must be one of"):
+        generate_tasks(1, seed=0, split="validation")
 
 
 def test_kinds_can_be_restricted_and_unknown_kinds_are_rejected_by_name():
@@ -34,8 +44,8 @@ def test_kinds_can_be_restricted_and_unknown_kinds_are_rejected_by_name():
 
 
 def test_multi_step_marks_the_kinds_that_need_several_steps():
-    assert {"expr", "sort", "days_between", "count_letter"} <= MULTI_STEP < set(KINDS)
-    assert not {"add", "sub"} & MULTI_STEP
+    assert {"add", "sub", "mul", "expr", "sort", "weekday", "count_letter", "count_item"} == MULTI_STEP
+    assert MULTI_STEP < set(KINDS)
 
 
 # Independent references: each computes the answer from the task's inputs with plain Python or datetime.
@@ -94,16 +104,9 @@ def _expected_weekday(t: Task) -> str:
     return (start + dt.timedelta(days=t.inputs["days"])).strftime("%A")
 
 
-def _expected_days_between(t: Task) -> str:
-    dates = re.findall(r"[A-Z][a-z]+ \d{1,2}, \d{4}", t.question)
-    start, end = (dt.datetime.strptime(d, "%B %d, %Y").date() for d in dates)
-    return str((end - start).days)
-
-
 EXPECTED = {"add": _expected_arith, "sub": _expected_arith, "mul": _expected_arith, "expr": _expected_expr,
             "convert": _expected_convert, "count_letter": _expected_count_letter,
-            "count_item": _expected_count_item, "sort": _expected_sort, "weekday": _expected_weekday,
-            "days_between": _expected_days_between}
+            "count_item": _expected_count_item, "sort": _expected_sort, "weekday": _expected_weekday}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -236,3 +239,19 @@ def test_grader_in_thinking_mode_needs_the_reasoning_closed():
     assert grade(task, "47 + 38 = 85</think>85", thinking=True)
     assert not grade(task, "47 + 38 = 85, so the answer is 85", thinking=True)
     assert grade(task, "47 + 38 = 85, so the answer is 85", thinking=False)
+
+
+_STEP = re.compile(r"(-?\d+(?: [-+*] \(?-?\d+\)?)+) = (-?\d+)")
+
+
+@pytest.mark.parametrize("kind", ["add", "sub", "mul", "expr"])
+def test_every_reasoning_step_is_true_arithmetic_on_small_operands(kind):
+    """Each "a op b [op c] = d" step holds, and column steps only ever add or multiply single digits."""
+    for t in generate_tasks(100, seed=14, kinds=[kind]):
+        steps = _STEP.findall(t.reasoning)
+        assert len(steps) >= 2, t
+        for lhs, rhs in steps:
+            assert eval(lhs, {"__builtins__": {}}) == int(rhs), (lhs, rhs, t)  # digits and + - * only
+        if kind in ("add", "mul"):
+            column = re.findall(r"(?:Ones|Tens): (\d+) [+*] (\d+)", t.reasoning)
+            assert len(column) == 2 and all(int(x) < 10 for pair in column for x in pair), t

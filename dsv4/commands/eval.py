@@ -19,7 +19,7 @@ from dsv4.train.threads import torch_threads
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="accuracy on held-out synthetic tasks: non-think, think, with tools")
     p.add_argument("--model", metavar="PATH", help="model directory or training ckpt.pt (default: the demo model)")
-    p.add_argument("--seed", type=int, default=1, help="task seed (the demo model trained on seed 0)")
+    p.add_argument("--seed", type=int, default=1, help="task seed; tasks come from the test split, whose inputs training data never contains")
     p.add_argument("--n", type=int, default=100, help="tasks per mode")
     p.add_argument("--modes", nargs="+", default=list(EVAL_MODES), choices=EVAL_MODES)
     p.add_argument("--max-tokens", type=int, default=400, help="generated tokens per turn")
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer()
     generate = (greedy_generate(model, args.max_tokens, frozenset({tokenizer.eos_id})) if args.loop
                 else engine_generate(Engine(model, EngineConfig()), args.max_tokens))
-    tasks = generate_tasks(args.n, args.seed)
+    tasks = generate_tasks(args.n, args.seed, split="test")
     with torch_threads(args.threads):
         results = {mode: run_mode(tasks, mode, generate, tokenizer) for mode in args.modes}
     report(results, args)

@@ -34,11 +34,12 @@ def _check_mix(mix: Mapping[str, float]) -> None:
 
 
 def task_records(n: int, seed: int, mix: Mapping[str, float] = DEFAULT_MIX) -> list[dict]:
-    """n records from `generate_tasks(n, seed)`; task i's mode is drawn from mix by its own stream (seed, i)."""
+    """n records from the train split of `generate_tasks(n, seed)`; task i's mode is drawn from mix by its own
+    stream (seed, i)."""
     _check_mix(mix)
     modes, weights = list(mix), list(mix.values())
     return [task_record(task, random.Random(f"dsv4-task-modes/{seed}/{i}").choices(modes, weights)[0])
-            for i, task in enumerate(generate_tasks(n, seed))]
+            for i, task in enumerate(generate_tasks(n, seed, split="train"))]
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:

@@ -31,8 +31,6 @@ ITEM_SETS = (
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
 
 # (larger unit, smaller unit, smaller units per larger unit); names are (singular, plural)
 CONVERSIONS = (

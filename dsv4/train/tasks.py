@@ -5,15 +5,15 @@ gives the same tasks, a longer list extends a shorter one, and different seeds g
 Every task carries its exact answer, a short step-by-step `reasoning` (for thinking mode) and, for
 arithmetic-like kinds, a calculator `expression` whose value is the answer (for tool-call mode).
 """
-import calendar
-import datetime as dt
+import hashlib
+import json
 import random
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from dsv4.train.task_words import CONVERSIONS, ITEM_SETS, MONTHS, WEEKDAYS, WORDS
+from dsv4.train.task_words import CONVERSIONS, ITEM_SETS, WEEKDAYS, WORDS
 
 AnswerForm = Literal["int", "int_list", "weekday"]
 ARITHMETIC_TEMPLATES = ("What is {expr}?", "Compute {expr}.", "Calculate {expr}.", "{expr} = ?")
@@ -47,46 +47,47 @@ def _times(n: int) -> str:
     return f"{n} time" if n == 1 else f"{n} times"
 
 
-def _place_parts(n: int) -> list[int]:
-    """Non-zero place values of n >= 0, largest first: 285 -> [200, 80, 5]."""
-    digits = str(n)
-    return [int(d) * 10 ** (len(digits) - i - 1) for i, d in enumerate(digits) if d != "0"]
-
-
-def _add_sub(kind: str, sign: str, a: int, b: int, rng: random.Random) -> Task:
-    """a + b or a - b, reasoned by adding or taking away b one place value at a time."""
-    expr, value, steps = f"{a} {sign} {b}", a, []
-    for part in _place_parts(b):
-        new = value + part if sign == "+" else value - part
-        steps.append(f"{value} {sign} {part} = {new}")
-        value = new
-    parts = _place_parts(b)
-    split = f"Split {b} into {' + '.join(map(str, parts))}. {'; '.join(steps)}. " if len(parts) > 1 else ""
-    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
-    return Task(kind, question, str(value), f"{split}So {expr} = {value}.", expr, {"a": a, "b": b})
+def _compose(high: int, digit: int) -> int:
+    """The number whose last digit is `digit` and whose leading part is `high`: (18, 5) -> 185."""
+    return high * 10 + digit
 
 
 def _add(rng: random.Random) -> Task:
-    return _add_sub("add", "+", rng.randint(10, 999), rng.randint(10, 999), rng)
+    """a + b for two-digit a, b, reasoned column by column: one single-digit sum per step."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    ones = a % 10 + b % 10
+    carry, tens = ones // 10, a // 10 + b // 10 + ones // 10
+    expr, value = f"{a} + {b}", _compose(tens, ones % 10)
+    reasoning = (f"Ones: {a % 10} + {b % 10} = {ones}: digit {ones % 10}, carry {carry}. "
+                 f"Tens: {a // 10} + {b // 10} + {carry} = {tens}. So {expr} = {value}.")
+    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
+    return Task("add", question, str(value), reasoning, expr, {"a": a, "b": b})
 
 
 def _sub(rng: random.Random) -> Task:
-    a, b = sorted((rng.randint(10, 999), rng.randint(10, 999)), reverse=True)
-    return _add_sub("sub", "-", a, b, rng)
+    """a - b for two-digit a >= b, reasoned column by column with a borrow."""
+    a, b = sorted((rng.randint(10, 99), rng.randint(10, 99)), reverse=True)
+    borrow = int(a % 10 < b % 10)
+    top = a % 10 + 10 * borrow
+    tens = a // 10 - b // 10 - borrow
+    expr, value = f"{a} - {b}", _compose(tens, top - b % 10)
+    reasoning = (f"Ones: {top} - {b % 10} = {top - b % 10}, borrow {borrow}. "
+                 f"Tens: {a // 10} - {b // 10} - {borrow} = {tens}. So {expr} = {value}.")
+    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
+    return Task("sub", question, str(value), reasoning, expr, {"a": a, "b": b})
 
 
 def _mul(rng: random.Random) -> Task:
-    """a * b for 2 <= a, b <= 99, reasoned by splitting the operand that has several place values."""
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
-    expr = f"{a} * {b}"
-    whole, split = (a, b) if len(_place_parts(b)) > 1 else (b, a)
-    parts = _place_parts(split)
-    reasoning = f"{expr} = {a * b}."
-    if len(parts) > 1:
-        terms = " + ".join(f"{whole} * {p}" for p in parts)
-        reasoning = f"{expr} = {terms} = {' + '.join(str(whole * p) for p in parts)} = {a * b}."
+    """d * n (either order) for one digit d and two-digit n, reasoned column by column with a carry."""
+    d, n = rng.randint(2, 9), rng.randint(10, 99)
+    a, b = (d, n) if rng.random() < 0.5 else (n, d)
+    ones = d * (n % 10)
+    tens = d * (n // 10) + ones // 10
+    expr, value = f"{a} * {b}", _compose(tens, ones % 10)
+    reasoning = (f"Ones: {d} * {n % 10} = {ones}: digit {ones % 10}, carry {ones // 10}. "
+                 f"Tens: {d} * {n // 10} + {ones // 10} = {tens}. So {expr} = {value}.")
     question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
-    return Task("mul", question, str(a * b), reasoning, expr, {"a": a, "b": b})
+    return Task("mul", question, str(value), reasoning, expr, {"a": a, "b": b})
 
 
 Tree = int | tuple  # a leaf number or (op, left, right)
@@ -95,7 +96,7 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2}
 
 def _random_tree(rng: random.Random, ops: int) -> Tree:
     if ops == 0:
-        return rng.randint(1, 15)
+        return rng.randint(1, 9)
     left = rng.randint(0, ops - 1)
     return rng.choice("+-*"), _random_tree(rng, left), _random_tree(rng, ops - 1 - left)
 
@@ -122,12 +123,9 @@ def _evaluate(tree: Tree, steps: list[str]) -> int:
 
 
 def _expr(rng: random.Random) -> Task:
-    """A 2-3 operation expression with + - * and parentheses, evaluated one operation per step."""
-    while True:
-        tree, steps = _random_tree(rng, rng.randint(2, 3)), []
-        value = _evaluate(tree, steps)
-        if abs(value) <= 999:
-            break
+    """A two-operation expression over digits with + - * and parentheses, evaluated one operation per step."""
+    tree, steps = _random_tree(rng, 2), []
+    value = _evaluate(tree, steps)
     expr = _render(tree)
     question = rng.choice(("Evaluate {expr}.", "What is {expr}?", "Compute {expr}.")).format(expr=expr)
     reasoning = f"Innermost operations first: {'; '.join(steps)}. The answer is {value}."
@@ -150,19 +148,20 @@ def _convert(rng: random.Random) -> Task:
 
 
 def _count_letter(rng: random.Random) -> Task:
-    """Occurrences of a letter in a word (sometimes a letter that is absent)."""
+    """Occurrences of a letter in a word (sometimes a letter that is absent), counted letter by letter."""
     word = rng.choice(WORDS)
     absent = [c for c in string.ascii_lowercase if c not in word]
     letter = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
-    positions = [str(i + 1) for i, c in enumerate(word) if c == letter]
-    where = f"position{'s' if len(positions) > 1 else ''} {', '.join(positions)}"
-    found = f"'{letter}' is at {where}" if positions else f"no letter is '{letter}'"
-    reasoning = f"Spell it out: {'-'.join(word)}. {found.capitalize()}, so it appears {_times(len(positions))}."
+    count, marks = 0, []
+    for c in word:
+        count += c == letter
+        marks.append(f"{c} ({count})" if c == letter else c)
+    reasoning = f"Spell it out: {', '.join(marks)}. So '{letter}' appears {_times(count)}."
     question = rng.choice(("How many times does the letter '{l}' appear in '{w}'?",
                            "How many '{l}'s are in the word '{w}'?", "Count the letter '{l}' in the word '{w}'.",
                            "In the word '{w}', how many times does '{l}' occur?"))
     inputs = {"word": word, "letter": letter}
-    return Task("count_letter", question.format(l=letter, w=word), str(len(positions)), reasoning, None, inputs)
+    return Task("count_letter", question.format(l=letter, w=word), str(count), reasoning, None, inputs)
 
 
 def _count_item(rng: random.Random) -> Task:
@@ -184,8 +183,8 @@ def _count_item(rng: random.Random) -> Task:
 
 
 def _sort(rng: random.Random) -> Task:
-    """Sort 4-8 numbers below 100, ascending or descending, by repeatedly taking the extreme one."""
-    numbers = [rng.randint(0, 99) for _ in range(rng.randint(4, 8))]
+    """Sort 4-6 numbers below 100, ascending or descending, by repeatedly taking the extreme one."""
+    numbers = [rng.randint(0, 99) for _ in range(rng.randint(4, 6))]
     descending = rng.random() < 0.3
     order = "descending" if descending else "ascending"
     remaining, picks, steps = list(numbers), [], []
@@ -202,8 +201,8 @@ def _sort(rng: random.Random) -> Task:
 
 
 def _weekday(rng: random.Random) -> Task:
-    """Day of the week n days after a given one."""
-    start, n = rng.randrange(7), rng.randint(1, 400)
+    """Day of the week n <= 30 days after a given one."""
+    start, n = rng.randrange(7), rng.randint(1, 30)
     weeks, rest = divmod(n, 7)
     end = WEEKDAYS[(start + n) % 7]
     walk = ", ".join(WEEKDAYS[(start + i) % 7] for i in range(1, rest + 1))
@@ -214,42 +213,9 @@ def _weekday(rng: random.Random) -> Task:
     return Task("weekday", question, end, reasoning, None, {"start": WEEKDAYS[start], "days": n})
 
 
-def _date_text(d: dt.date) -> str:
-    return f"{MONTHS[d.month - 1]} {d.day}, {d.year}"
-
-
-def _month_walk(start: dt.date, end: dt.date) -> list[tuple[str, int]]:
-    """(explanation, days) pieces that sum to the days from start to end, month by month."""
-    if (start.year, start.month) == (end.year, end.month):
-        days = end.day - start.day
-        return [(f"Both dates are in {MONTHS[start.month - 1]} {start.year}: {end.day} - {start.day} = {days}", days)]
-    first = calendar.monthrange(start.year, start.month)[1]
-    pieces = [(f"Rest of {MONTHS[start.month - 1]} ({first} days): {first} - {start.day} = {first - start.day}",
-               first - start.day)]
-    year, month = divmod(start.year * 12 + start.month, 12)  # the month after start's, 0-based month
-    while (year, month + 1) != (end.year, end.month):
-        days = calendar.monthrange(year, month + 1)[1]
-        pieces.append((f"all of {MONTHS[month]} {year}: {days}", days))
-        year, month = divmod(year * 12 + month + 1, 12)
-    return pieces + [(f"into {MONTHS[end.month - 1]}: {end.day}", end.day)]
-
-
-def _days_between(rng: random.Random) -> Task:
-    """Days from one date to a later one (1-200 days apart, years 2020-2029)."""
-    start = dt.date(2020, 1, 1) + dt.timedelta(days=rng.randrange(3650))
-    end = start + dt.timedelta(days=rng.randint(1, 200))
-    pieces = _month_walk(start, end)
-    total = sum(days for _, days in pieces)
-    reasoning = f"{'; '.join(text for text, _ in pieces)}. Total: {' + '.join(str(d) for _, d in pieces)} = {total}."
-    question = rng.choice(("How many days are there from {a} to {b}?", "How many days pass between {a} and {b}?"))
-    inputs = {"start": start.isoformat(), "end": end.isoformat()}
-    return Task("days_between", question.format(a=_date_text(start), b=_date_text(end)), str(total), reasoning,
-                None, inputs)
-
-
 KINDS: dict[str, KindSpec] = {
-    "add": KindSpec(_add, False, "int"),
-    "sub": KindSpec(_sub, False, "int"),
+    "add": KindSpec(_add, True, "int"),
+    "sub": KindSpec(_sub, True, "int"),
     "mul": KindSpec(_mul, True, "int"),
     "expr": KindSpec(_expr, True, "int"),
     "convert": KindSpec(_convert, False, "int"),
@@ -257,21 +223,41 @@ KINDS: dict[str, KindSpec] = {
     "count_item": KindSpec(_count_item, True, "int"),
     "sort": KindSpec(_sort, True, "int_list"),
     "weekday": KindSpec(_weekday, True, "weekday"),
-    "days_between": KindSpec(_days_between, True, "int"),
 }
 MULTI_STEP = frozenset(kind for kind, spec in KINDS.items() if spec.multi_step)
 
 
-def generate_tasks(n: int, seed: int, kinds: Sequence[str] | None = None) -> list[Task]:
-    """n tasks, kinds drawn uniformly from `kinds` (default: all of KINDS). Deterministic in (seed, index)."""
+SPLITS = ("train", "test")
+TEST_SHARE = 10  # one input combination in TEST_SHARE belongs to the test split
+
+
+def split_of(task: Task) -> str:
+    """"train" or "test": a fixed hash of the task's kind and inputs (never its wording), so a held-out task's
+    numbers, word or list never appear in training data, whatever the seeds."""
+    key = json.dumps([task.kind, task.inputs], sort_keys=True).encode()
+    return "test" if int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % TEST_SHARE == 0 else "train"
+
+
+def generate_tasks(n: int, seed: int, kinds: Sequence[str] | None = None, split: str | None = None) -> list[Task]:
+    """n tasks, kinds drawn uniformly from `kinds` (default: all of KINDS). Deterministic in (seed, index).
+
+    split: "train" or "test" keeps only tasks of that split (`split_of`), redrawing from the task's own stream;
+    None keeps every task.
+    """
     chosen = tuple(KINDS) if kinds is None else tuple(kinds)
     unknown = [k for k in chosen if k not in KINDS]
     if unknown or not chosen:
         raise UnknownKindError(f"kinds must be a non-empty subset of {sorted(KINDS)}, found {list(chosen)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, found {n}")
+    if split not in (None, *SPLITS):
+        raise ValueError(f"split must be one of {SPLITS} or None, found {split!r}")
     tasks = []
     for i in range(n):
         rng = random.Random(f"dsv4-tasks/{seed}/{i}")
-        tasks.append(KINDS[chosen[rng.randrange(len(chosen))]].generate(rng))
+        kind = chosen[rng.randrange(len(chosen))]
+        task = KINDS[kind].generate(rng)
+        while split is not None and split_of(task) != split:
+            task = KINDS[kind].generate(rng)
+        tasks.append(task)
     return tasks
