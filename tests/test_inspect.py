@@ -22,7 +22,7 @@ def data_bytes(path):
     return total
 
 
-@pytest.mark.parametrize("recipe", ["FP4", "BF16", "Q8_0"])
+@pytest.mark.parametrize("recipe", ["FP4", "FP4-FP8EH", "BF16", "Q8_0"])
 def test_inspect_reports_recipe_params_and_bytes(recipe, tmp_path, capsys):
     model = random_model("tiny", seed=1, **DIMS)
     save_model(model, tmp_path / "m", recipe, shard_bytes=500_000)
@@ -32,7 +32,7 @@ def test_inspect_reports_recipe_params_and_bytes(recipe, tmp_path, capsys):
     assert info["params"] == sum(p.numel() for p in model.parameters()) + model.layers[0].ffn.gate.tid2eid.numel()
     assert info["bytes"] == data_bytes(tmp_path / "m")
     assert info["config"]["hidden_size"] == 128
-    want_experts = {"FP4": "fp4", "BF16": "bf16", "Q8_0": "q8_0"}[recipe]
+    want_experts = {"FP4": "fp4", "FP4-FP8EH": "fp4", "BF16": "bf16", "Q8_0": "q8_0"}[recipe]
     assert info["formats"]["routed_expert"] == [want_experts]
     assert main(["inspect", str(tmp_path / "m")]) == 0
     text = capsys.readouterr().out

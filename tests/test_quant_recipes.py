@@ -27,7 +27,7 @@ def test_gguf_bytes_per_weight_match_ggml_sizes():
 
 
 def test_unknown_recipe_lists_the_valid_names():
-    with pytest.raises(UnknownFormatError, match="valid recipes: BF16, FP8, FP4, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K"):
+    with pytest.raises(UnknownFormatError, match="valid recipes: BF16, FP8, FP4, FP4-FP8EH, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K"):
         get_recipe("q4_k_m")
 
 
@@ -78,6 +78,12 @@ def test_fp4_recipe_gives_the_official_tensor_layout(model):
     for kept in ["embed.weight", "head.weight", "layers.1.attn.compressor.wkv.weight", "layers.1.attn.indexer.weights_proj.weight",
                  "layers.3.ffn.gate.weight", "layers.0.attn_norm.weight"]:
         assert torch.equal(sd[kept], model.state_dict()[kept]), kept
+
+
+def test_fp8_embedding_head_recipe_is_the_official_one_plus_fp8_embed_and_head():
+    official, eh = get_recipe("FP4"), get_recipe("FP4-FP8EH")
+    assert all(eh.format_of(g) == official.format_of(g) for g in ("attention", "shared_expert", "routed_expert"))
+    assert (eh.embed, eh.head) == ("fp8", "fp8")
 
 
 def test_k_quant_recipe_swaps_each_group_to_its_format():

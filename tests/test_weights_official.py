@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import dsv4
-from dsv4.quant import QuantLinear
+from dsv4.quant import QuantEmbedding, QuantLinear
 from dsv4.weights.checkpoint import CheckpointError
 from dsv4.weights.writer import save_model
 from tiny_models import random_model
@@ -145,6 +145,33 @@ def test_fp4_recipe_keeps_the_official_bytes_in_memory(official, stored):
     with torch.no_grad():
         a, b = q(ids), plain(ids)
     assert (a - b).norm() / b.norm() < 0.05  # only the FP8 activation rounding of the quantized GEMMs differs
+
+
+def test_fp8_embedding_and_head_recipe_is_official_format_and_loads_quantized(model, tmp_path):
+    """FP4-FP8EH: the official layout with embed/head FP8 + 128x128 scales; kept as FP8 modules it computes the
+    logits of its own dequantized weights up to activation rounding, and of the float model up to FP8 error."""
+    path = tmp_path / "eh"
+    save_model(model, path, "FP4-FP8EH")
+    fp8 = {f"{m}{suffix}": spec for m in ("embed", "head")
+           for suffix, spec in [(".weight", ("F8_E4M3", (512, H))), (".scale", ("F8_E8M0", (4, 1)))]}
+    assert raw_headers(path) == spec_table() | fp8
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization_config"]["fmt"] == "e4m3" and config["expert_dtype"] == "fp4"
+    assert not (path / "quantization.json").exists()  # self-describing: every quantized tensor has its .scale
+    stored = {k: v for f in path.glob("*.safetensors") for k, v in load_file(f).items()}
+    plain = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False)
+    assert torch.equal(plain.embed.weight, decoded(stored, "embed")) and torch.equal(plain.head.weight, decoded(stored, "head"))
+    q = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False, recipe="FP4-FP8EH")
+    assert isinstance(q.embed, QuantEmbedding) and isinstance(q.head, QuantLinear)
+    for name in ("embed", "head"):
+        module = q.get_submodule(name)
+        assert module.fmt == "fp8" and torch.equal(module.weight.view(torch.uint8), stored[f"{name}.weight"].view(torch.uint8))
+    ids = torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got, dequantized, exact = q(ids), plain(ids), model(ids)
+    assert (got - dequantized).norm() / dequantized.norm() < 0.05  # FP8 activation rounding of the quantized GEMMs
+    err = (got - exact).norm() / exact.norm()
+    assert 0 < err < 0.1, f"relative logit error {err:.4f} is outside the FP8/FP4 quantization error"
 
 
 def corrupt(official, tmp_path, edit):

@@ -45,6 +45,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("BF16", "bf16", "bf16", "bf16", "bf16", "bf16"),
     Recipe("FP8", "fp8", "fp8", "fp8", "bf16", "bf16"),  # the -Base "FP8 mixed" layout
     Recipe("FP4", "fp8", "fp8", "fp4", "bf16", "bf16"),  # the official instruct release
+    # The official release plus FP8 (same 128x128 block codec) embedding and head: for small models, where the
+    # vocabulary-sized matrices dominate the bytes. Still the official file format (every FP8 tensor has its .scale).
+    Recipe("FP4-FP8EH", "fp8", "fp8", "fp4", "fp8", "fp8"),
     Recipe("Q8_0", "q8_0", "q8_0", "q8_0", "q8_0", "q8_0"),
     Recipe("Q6_K", "q6_k", "q6_k", "q6_k", "q6_k", "q6_k"),
     Recipe("Q5_K_M", "q6_k", "q6_k", "q5_k", "q5_k", "q6_k"),

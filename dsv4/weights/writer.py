@@ -2,7 +2,8 @@
 unit by unit from any source (a float model in memory, or another checkpoint), atomically.
 
 Recipes "FP4" / "FP8" give byte-for-byte the official format (section 9 names, dtypes and shapes) and the
-official `quantization_config`; the other recipes keep the same names with ggml block bytes in `X.weight` and
+official `quantization_config`; "FP4-FP8EH" the same with the embedding and head also FP8 + `.scale` (so still
+self-describing, no quantization.json); the other recipes keep the same names with ggml block bytes in `X.weight` and
 name the recipe in quantization.json.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dsv4.weights.safetensors_io import write_safetensors
 from dsv4.weights.sources import ModelSource, convert
 
 SHARD_BYTES = 4 << 30
-OFFICIAL = {"FP4": "fp4", "FP8": "fp8"}  # recipe -> the config's expert_dtype
+OFFICIAL = {"FP4": "fp4", "FP8": "fp8", "FP4-FP8EH": "fp4"}  # recipe -> the config's expert_dtype
 
 
 def save_model(model: nn.Module, path: str | Path, recipe: str | Recipe = "FP4", shard_bytes: int = SHARD_BYTES) -> None:
