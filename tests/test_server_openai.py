@@ -9,6 +9,7 @@ import pytest
 
 from dsv4.chat import encode_messages_ids
 from dsv4.engine import EngineConfig
+from dsv4.server.choices import choice_seed
 from dsv4.server.run import BackgroundServer, make_state
 from tiny_models import random_model
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -120,7 +121,10 @@ def test_models_health_and_metrics(client, server):
     (dict(temperature=-1), openai.BadRequestError, "temperature"),
     (dict(top_p=0), openai.BadRequestError, "top_p"),
     (dict(logprobs=True, top_logprobs=30), openai.BadRequestError, "top_logprobs"),
-    (dict(n=2), openai.BadRequestError, "n"),
+    (dict(n=0), openai.BadRequestError, "n"),
+    (dict(n=17), openai.BadRequestError, "n"),
+    (dict(top_logprobs=2), openai.BadRequestError, "top_logprobs"),
+    (dict(logprobs=True, top_logprobs=-1), openai.BadRequestError, "top_logprobs"),
     (dict(messages=[{"role": "wizard", "content": "x"}]), openai.BadRequestError, "messages[0].role"),
     (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
           tool_choice={"type": "function", "function": {"name": "g"}}), openai.BadRequestError, "tool_choice"),
@@ -137,11 +141,50 @@ def test_bad_requests_get_an_openai_error_with_the_right_status(client, kw, erro
 
 
 @pytest.mark.parametrize("kw, param", [(dict(echo=True), "echo"), (dict(suffix="}"), "suffix"),
-                                       (dict(logprobs=21), "logprobs"), (dict(prompt=[5, 129280]), None)])
+                                       (dict(logprobs=21), "logprobs"), (dict(logprobs=-1), "logprobs"),
+                                       (dict(n=0), "n"), (dict(prompt=[5, 129280]), None)])
 def test_unsupported_or_bad_completion_fields_are_400(client, kw, param):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(**{"model": "tiny", "prompt": "x", "max_tokens": 2, **kw})
     assert info.value.body["param"] == param and info.value.body["message"]
+
+
+@pytest.mark.parametrize("prompt", ["word " * 300, [5] * 300])
+def test_a_too_long_completion_prompt_is_413_naming_prompt(client, prompt):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=2)
+    assert info.value.status_code == 413
+    assert info.value.body["param"] == "prompt" and info.value.body["code"] == "context_length_exceeded"
+
+
+def test_n_chat_choices_are_the_single_requests_with_each_choices_seed(client):
+    r = chat(client, n=3, seed=5, logprobs=True, top_logprobs=2)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.message.reasoning_content for c in r.choices]
+    alone = [chat(client, seed=choice_seed(5, i)).choices[0].message.reasoning_content for i in range(3)]
+    assert texts == alone and len(set(texts)) == 3  # choice 0 is the n=1 answer; seeds differ per choice
+    assert choice_seed(5, 0) == 5 and all(len(c.logprobs.content) == 6 for c in r.choices)
+    assert r.usage.completion_tokens == 18 and r.usage.completion_tokens_details.reasoning_tokens == 18
+    assert r.usage.prompt_tokens == len(encode_messages_ids(HI, thinking=True))  # counted once
+    streamed = {0: "", 1: "", 2: ""}
+    finish = {}
+    for chunk in chat(client, n=3, seed=5, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += getattr(c.delta, "reasoning_content", None) or ""
+            finish[c.index] = c.finish_reason or finish.get(c.index)
+    assert list(streamed.values()) == texts and finish == {0: "length", 1: "length", 2: "length"}
+
+
+def test_n_completion_choices_stream_and_not(client):
+    args = dict(model="tiny", prompt="Once upon a time", max_tokens=5, seed=9, n=2)
+    whole = client.completions.create(**args)
+    texts = [c.text for c in whole.choices]
+    assert texts[0] == client.completions.create(**{**args, "n": 1}).choices[0].text and texts[0] != texts[1]
+    streamed = ["", ""]
+    for chunk in client.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == texts and whole.usage.completion_tokens == 10
 
 
 @pytest.mark.parametrize("extra", [

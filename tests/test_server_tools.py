@@ -1,6 +1,7 @@
 """Tool calls through the server: a scripted model emits a DSML call block; streamed tool-call deltas assemble
 into the same calls as the non-stream answer, with finish_reason "tool_calls"."""
 import json
+import re
 
 import openai
 import pytest
@@ -71,20 +72,35 @@ def test_non_stream_answer_has_reasoning_content_and_the_call(client):
         [("get_weather", {"city": "Paris", "days": 3})]
 
 
+def streamed_calls(client, **kw) -> tuple[dict[int, list[dict]], dict[int, str]]:
+    """Per choice index: the calls its tool-call deltas assemble into, and its finish reason."""
+    calls: dict[int, dict[int, dict]] = {}
+    finish: dict[int, str] = {}
+    for chunk in ask(client, stream=True, **kw):
+        for choice in chunk.choices:
+            finish[choice.index] = choice.finish_reason or finish.get(choice.index)
+            for d in choice.delta.tool_calls or []:
+                call = calls.setdefault(choice.index, {}).setdefault(d.index, {"id": d.id, "name": "",
+                                                                               "arguments": ""})
+                call["name"] += d.function.name or ""
+                call["arguments"] += d.function.arguments or ""
+    return {i: list(c.values()) for i, c in calls.items()}, finish
+
+
 def test_streamed_tool_call_deltas_assemble_into_the_same_calls(client):
     whole = ask(client).choices[0].message
-    calls: dict[int, dict] = {}
-    finish = None
-    for chunk in ask(client, stream=True):
-        choice = chunk.choices[0]
-        finish = choice.finish_reason or finish
-        for d in choice.delta.tool_calls or []:
-            call = calls.setdefault(d.index, {"id": d.id, "name": "", "arguments": ""})
-            call["name"] += d.function.name or ""
-            call["arguments"] += d.function.arguments or ""
-    assert finish == "tool_calls"
-    assert [(c["id"], c["name"], c["arguments"]) for c in calls.values()] == \
-        [(c.id, c.function.name, c.function.arguments) for c in whole.tool_calls]
+    calls, finish = streamed_calls(client)
+    assert finish == {0: "tool_calls"}
+    assert [(c["name"], c["arguments"]) for c in calls[0]] == \
+        [(c.function.name, c.function.arguments) for c in whole.tool_calls]
+
+
+def test_tool_call_ids_are_unique_across_requests_and_choices(client):
+    ids = [c.id for _ in range(2) for choice in ask(client, n=3).choices for c in choice.message.tool_calls]
+    streamed, _ = streamed_calls(client, n=2)
+    ids += [c["id"] for calls in streamed.values() for c in calls]
+    assert len(ids) == 8 and len(set(ids)) == 8
+    assert all(re.fullmatch(r"call_00_[0-9a-f]{24}", i) for i in ids)  # DeepSeek's shape: call_<index>_<24>
 
 
 def test_tool_choice_none_renders_the_prompt_without_tools(client):

@@ -1,14 +1,19 @@
-"""POST /v1/chat/completions: request -> prompt and parameters -> generation -> message or SSE chunks."""
+"""POST /v1/chat/completions: request -> prompt and parameters -> n generations -> message(s) or SSE chunks.
+
+Logprobs, when asked for, cover every generated token: reasoning, answer and tool-call text alike.
+"""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from dsv4.chat import ChatDelta, Tokenizer, merge_deltas
 from dsv4.engine.text import ChatDecoder
 from dsv4.server import responses as R
+from dsv4.server.choices import Choice, streamed_choices, submit_choices, whole_choices
+from dsv4.server.errors import APIError
 from dsv4.server.generation import Generation
 from dsv4.server.schemas import ChatRequest
 from dsv4.server.state import ServerState
@@ -17,39 +22,56 @@ from dsv4.server.translate import (chat_prompt, chat_tools, forced_call_opening,
 
 
 @dataclass
+class ChatChoice(Choice):
+    """A chat choice; its tool calls get ids unique across choices and requests (the parser numbers them)."""
+
+    call_ids: dict[int, str] = field(default_factory=dict)
+
+    def named(self, delta: ChatDelta) -> ChatDelta:
+        calls = [{**c, "id": self.call_ids.setdefault(c["index"], R.new_call_id(c["index"]))}
+                 for c in delta.tool_calls]
+        return ChatDelta(delta.reasoning_content, delta.content, calls)
+
+
+@dataclass
 class ChatRun:
-    """One request in flight: its generation, decoder and the reply's options."""
+    """One request in flight: its choices and the reply's options."""
 
     body: ChatRequest
-    gen: Generation
-    decoder: ChatDecoder
+    choices: list[ChatChoice]
     tokenizer: Tokenizer
     thinking: bool
     exclude: bool
     rid: str
     keepalive_s: float
 
-    async def pieces(self, request: Request, heartbeat_s: float | None = None
+    async def pieces(self, choice: ChatChoice, request: Request, heartbeat_s: float | None = None
                      ) -> AsyncIterator[tuple[ChatDelta | None, dict | None]]:
         """(delta, logprobs entry or None) per token, (None, None) per heartbeat, then the final delta."""
-        async for delta, event in self.gen.decoded(self.decoder, request, heartbeat_s):
+        async for delta, event in choice.gen.decoded(choice.decoder, request, heartbeat_s):
             lp = R.chat_logprobs(self.tokenizer, event) if event is not None and self.body.logprobs else None
-            yield delta, lp
+            yield (choice.named(delta) if delta is not None else None), lp
 
     def chunk(self, choices: list[dict], **extra) -> dict:
         return R.envelope("chat.completion.chunk", self.rid, self.body.model, choices, **extra)
 
     def usage(self) -> dict:
-        return R.usage(len(self.gen.seq.prompt), self.gen.generated, self.gen.cached_tokens,
-                       self.decoder.reasoning_tokens)
+        """The prompt counted once (OpenAI); completion and reasoning tokens summed over choices."""
+        first = self.choices[0].gen
+        return R.usage(len(first.seq.prompt), sum(c.gen.generated for c in self.choices), first.cached_tokens,
+                       sum(c.decoder.reasoning_tokens for c in self.choices))
 
-    def finish_reason(self, has_calls: bool) -> str:
-        return R.finish_reason(self.gen.finish_reason, has_calls, self.decoder.stopped)
+    @staticmethod
+    def finish_reason(choice: ChatChoice, has_calls: bool) -> str:
+        return R.finish_reason(choice.gen.finish_reason, has_calls, choice.decoder.stopped)
 
 
 def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
-    """Validate and submit; raises API errors (400/404/413/429) before anything is streamed."""
+    """Validate and submit every choice; raises API errors (400/404/413/429) before anything is streamed."""
     state.check_model(body.model)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, f"top_logprobs: needs logprobs=true, found logprobs={body.logprobs} with top_logprobs="
+                            f"{body.top_logprobs}", param="top_logprobs")
     mode, tools = thinking_mode(body), chat_tools(body)
     prompt, ids = chat_prompt(body, state.tokenizer, mode, tools)
     budget = mode.budget if prompt.opens_reasoning else None
@@ -57,33 +79,43 @@ def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
                              top_logprobs=body.top_logprobs or 0, budget=budget,
                              end_think_id=state.tokenizer.end_think_id,
                              answer_prefix=forced_call_opening(body, tools, state.tokenizer))
-    decoder = ChatDecoder(state.tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools,
-                          stop=stop_strings(body))
-    gen = Generation(state.loop, state.metrics, ids, params, in_reasoning=prompt.opens_reasoning)
-    return ChatRun(body, gen, decoder, state.tokenizer, mode.enabled, mode.exclude, R.new_id("chatcmpl"),
-                   state.keepalive_s)
+    stops = stop_strings(body)
+
+    def submit(index, choice_params) -> ChatChoice:
+        decoder = ChatDecoder(state.tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools, stop=stops)
+        gen = Generation(state.loop, state.metrics, ids, choice_params, in_reasoning=prompt.opens_reasoning)
+        return ChatChoice(index, gen, decoder)
+
+    return ChatRun(body, submit_choices(body.n, params, submit), state.tokenizer, mode.enabled, mode.exclude,
+                   R.new_id("chatcmpl"), state.keepalive_s)
+
+
+async def whole_choice(run: ChatRun, choice: ChatChoice, request: Request) -> dict:
+    deltas, logprobs = [], []
+    async for delta, lp in run.pieces(choice, request):
+        deltas.append(delta)
+        logprobs += [lp] if lp else []
+    choice.gen.raise_if_failed()
+    merged = merge_deltas(deltas)
+    return {"index": choice.index, "message": R.message(merged, thinking=run.thinking, exclude=run.exclude),
+            "logprobs": {"content": logprobs} if run.body.logprobs else None,
+            "finish_reason": run.finish_reason(choice, bool(merged["tool_calls"]))}
 
 
 async def chat_response(run: ChatRun, request: Request) -> dict:
-    deltas, logprobs = [], []
-    async for delta, lp in run.pieces(request):
-        deltas.append(delta)
-        logprobs += [lp] if lp else []
-    run.gen.raise_if_failed()
-    merged = merge_deltas(deltas)
-    choice = {"index": 0, "message": R.message(merged, thinking=run.thinking, exclude=run.exclude),
-              "logprobs": {"content": logprobs} if run.body.logprobs else None,
-              "finish_reason": run.finish_reason(bool(merged["tool_calls"]))}
-    return R.envelope("chat.completion", run.rid, run.body.model, [choice], usage=run.usage())
+    choices = await whole_choices([whole_choice(run, c, request) for c in run.choices])
+    return R.envelope("chat.completion", run.rid, run.body.model, choices, usage=run.usage())
 
 
-async def chat_stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
-    def chunk(delta: dict, logprobs: dict | None = None) -> str:
-        return R.sse(run.chunk([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]))
+async def choice_frames(run: ChatRun, choice: ChatChoice, request: Request) -> AsyncIterator[str]:
+    """One choice's SSE frames: the role, its deltas (and keep-alives), then its finish chunk."""
+    def chunk(delta: dict, logprobs: dict | None = None, finish: str | None = None) -> str:
+        return R.sse(run.chunk([{"index": choice.index, "delta": delta, "logprobs": logprobs,
+                                 "finish_reason": finish}]))
 
     yield chunk({"role": "assistant", "content": ""})
     has_calls = False
-    async for delta, lp in run.pieces(request, run.keepalive_s):
+    async for delta, lp in run.pieces(choice, request, run.keepalive_s):
         if delta is None:
             yield R.KEEP_ALIVE
             continue
@@ -91,12 +123,11 @@ async def chat_stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
         has_calls = has_calls or bool(delta.tool_calls)
         if body or lp:
             yield chunk(body, logprobs={"content": [lp]} if lp else None)
-    final = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": run.finish_reason(has_calls)}
-    usage = run.usage() if run.body.include_usage else None
-    for frame in R.stream_tail(run.chunk([final]), run.chunk([], usage=usage) if usage else None):
-        yield frame
+    yield chunk({}, finish=run.finish_reason(choice, has_calls))
 
 
 async def chat_completions(state: ServerState, body: ChatRequest, request: Request):
     run = start_chat(state, body)
-    return await R.reply(body.stream, chat_stream(run, request), lambda: chat_response(run, request))
+    frames = streamed_choices([choice_frames(run, c, request) for c in run.choices],
+                              lambda: run.chunk([], usage=run.usage()) if run.body.include_usage else None)
+    return await R.reply(body.stream, frames, lambda: chat_response(run, request))

@@ -1,4 +1,4 @@
-"""POST /v1/completions: a raw prompt (text, or token ids) continued as plain text."""
+"""POST /v1/completions: a raw prompt (text, or token ids) continued as plain text, in n choices."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -9,6 +9,7 @@ from fastapi import Request
 from dsv4.engine import TokenEvent
 from dsv4.engine.text import TextDecoder
 from dsv4.server import responses as R
+from dsv4.server.choices import Choice, streamed_choices, submit_choices, whole_choices
 from dsv4.server.errors import APIError
 from dsv4.server.generation import Generation
 from dsv4.server.schemas import CompletionRequest
@@ -20,22 +21,24 @@ from dsv4.server.translate import sampling_params, stop_strings
 class CompletionRun:
     body: CompletionRequest
     state: ServerState
-    gen: Generation
-    decoder: TextDecoder
+    choices: list[Choice]
     rid: str
 
     def chunk(self, choices: list[dict], **extra) -> dict:
         return R.envelope("text_completion", self.rid, self.body.model, choices, **extra)
 
-    def choice(self, text: str, events: list[TokenEvent], finish: str | None) -> dict:
+    def choice(self, index: int, text: str, events: list[TokenEvent], finish: str | None) -> dict:
         lps = R.completion_logprobs(self.state.tokenizer, events) if self.body.logprobs is not None else None
-        return {"index": 0, "text": text, "logprobs": lps, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": lps, "finish_reason": finish}
 
-    def finish_reason(self) -> str:
-        return R.finish_reason(self.gen.finish_reason, False, self.decoder.stopped)
+    @staticmethod
+    def finish_reason(choice: Choice) -> str:
+        return R.finish_reason(choice.gen.finish_reason, False, choice.decoder.stopped)
 
     def usage(self) -> dict:
-        return R.usage(len(self.gen.seq.prompt), self.gen.generated, self.gen.cached_tokens, 0)
+        """The prompt counted once (OpenAI); completion tokens summed over choices."""
+        first = self.choices[0].gen
+        return R.usage(len(first.seq.prompt), sum(c.gen.generated for c in self.choices), first.cached_tokens, 0)
 
 
 def start_completion(state: ServerState, body: CompletionRequest) -> CompletionRun:
@@ -46,30 +49,42 @@ def start_completion(state: ServerState, body: CompletionRequest) -> CompletionR
     ids = body.prompt if isinstance(body.prompt, list) else state.tokenizer.encode(body.prompt)
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context,
                              logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)
-    decoder = TextDecoder(state.tokenizer, stop_strings(body), state.loop.engine.config.eos_ids)
-    return CompletionRun(body, state, Generation(state.loop, state.metrics, ids, params), decoder, R.new_id("cmpl"))
+    stops = stop_strings(body)
+
+    def submit(index, choice_params) -> Choice:
+        decoder = TextDecoder(state.tokenizer, stops, state.loop.engine.config.eos_ids)
+        return Choice(index, Generation(state.loop, state.metrics, ids, choice_params, prompt_param="prompt"),
+                      decoder)
+
+    return CompletionRun(body, state, submit_choices(body.n, params, submit), R.new_id("cmpl"))
+
+
+async def whole_choice(run: CompletionRun, choice: Choice, request: Request) -> dict:
+    texts, events = [], []
+    async for text, event in choice.gen.decoded(choice.decoder, request):
+        texts.append(text)
+        events += [event] if event is not None else []
+    choice.gen.raise_if_failed()
+    return run.choice(choice.index, "".join(texts), events, run.finish_reason(choice))
 
 
 async def completion_response(run: CompletionRun, request: Request) -> dict:
-    texts, events = [], []
-    async for text, event in run.gen.decoded(run.decoder, request):
-        texts.append(text)
-        events += [event] if event is not None else []
-    run.gen.raise_if_failed()
-    return run.chunk([run.choice("".join(texts), events, run.finish_reason())], usage=run.usage())
+    choices = await whole_choices([whole_choice(run, c, request) for c in run.choices])
+    return run.chunk(choices, usage=run.usage())
 
 
-async def completion_stream(run: CompletionRun, request: Request) -> AsyncIterator[str]:
-    async for text, event in run.gen.decoded(run.decoder, request, run.state.keepalive_s):
+async def choice_frames(run: CompletionRun, choice: Choice, request: Request) -> AsyncIterator[str]:
+    """One choice's SSE frames: its text pieces (and keep-alives), then its finish chunk."""
+    async for text, event in choice.gen.decoded(choice.decoder, request, run.state.keepalive_s):
         if text is None:
             yield R.KEEP_ALIVE
         elif text or event is not None:
-            yield R.sse(run.chunk([run.choice(text, [event] if event is not None else [], None)]))
-    usage = run.chunk([], usage=run.usage()) if run.body.include_usage else None
-    for frame in R.stream_tail(run.chunk([run.choice("", [], run.finish_reason())]), usage):
-        yield frame
+            yield R.sse(run.chunk([run.choice(choice.index, text, [event] if event is not None else [], None)]))
+    yield R.sse(run.chunk([run.choice(choice.index, "", [], run.finish_reason(choice))]))
 
 
 async def completions(state: ServerState, body: CompletionRequest, request: Request):
     run = start_completion(state, body)
-    return await R.reply(body.stream, completion_stream(run, request), lambda: completion_response(run, request))
+    frames = streamed_choices([choice_frames(run, c, request) for c in run.choices],
+                              lambda: run.chunk([], usage=run.usage()) if run.body.include_usage else None)
+    return await R.reply(body.stream, frames, lambda: completion_response(run, request))

@@ -22,12 +22,12 @@ class APIError(Exception):
         return JSONResponse({"error": body}, status_code=self.status)
 
 
-def from_library(exc: Exception) -> APIError:
-    """Map the chat layer's and engine's typed errors to API errors."""
+def from_library(exc: Exception, prompt_param: str = "messages") -> APIError:
+    """Map the chat layer's and engine's typed errors to API errors; a too-long prompt names `prompt_param`."""
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc), "rate_limit_error", code="queue_full")
     if isinstance(exc, ContextLengthError):
-        return APIError(413, str(exc), param="messages", code="context_length_exceeded")
+        return APIError(413, str(exc), param=prompt_param, code="context_length_exceeded")
     if isinstance(exc, (SamplingError, ChatRequestError)):
         return APIError(400, str(exc), param=exc.field)
     if isinstance(exc, EngineError):

@@ -9,24 +9,31 @@ from typing import Any
 
 from fastapi import Request
 
-from dsv4.engine import EngineLoop, SamplingParams, TokenEvent
-from dsv4.server.errors import APIError
+from dsv4.engine import EngineError, EngineLoop, SamplingParams, TokenEvent
+from dsv4.server.errors import APIError, from_library
 from dsv4.server.metrics import Metrics
 
 _POLL_S = 0.5  # how often a waiting request checks whether its client is still there
 
 
 class Generation:
-    """Submit at construction (raises the engine's request errors); iterate `events()`; `cancel()` frees it."""
+    """Submit at construction; iterate `events()`; `cancel()` frees it.
+
+    The engine's request errors become API errors at once; `prompt_param` is the request field a too-long
+    prompt is blamed on ("messages" for chat, "prompt" for completions).
+    """
 
     def __init__(self, loop: EngineLoop, metrics: Metrics, prompt: list[int], params: SamplingParams,
-                 in_reasoning: bool = False):
+                 in_reasoning: bool = False, prompt_param: str = "messages"):
         self._loop, self._metrics = loop, metrics
         self._queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         aio = asyncio.get_running_loop()
         self._start = self._last = time.perf_counter()
-        self.seq = loop.submit(prompt, params, lambda e: aio.call_soon_threadsafe(self._queue.put_nowait, e),
-                               in_reasoning=in_reasoning)
+        try:
+            self.seq = loop.submit(prompt, params, lambda e: aio.call_soon_threadsafe(self._queue.put_nowait, e),
+                                   in_reasoning=in_reasoning)
+        except EngineError as e:
+            raise from_library(e, prompt_param) from None
         self.generated = 0
         self.done = False
         self.finish_reason: str | None = None

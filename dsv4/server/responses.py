@@ -16,6 +16,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def new_call_id(index: int) -> str:
+    """A tool-call id unique across calls, choices and requests, in DeepSeek's shape `call_<index:02>_<24 alnum>`."""
+    return f"call_{index:02d}_{uuid.uuid4().hex[:24]}"
+
+
 def envelope(kind: str, rid: str, model: str, choices: list[dict], **extra) -> dict:
     return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices, **extra}
 
@@ -27,9 +32,9 @@ def sse(body: dict | str) -> str:
     return f"data: {body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def stream_tail(final: dict, usage_chunk: dict | None) -> list[str]:
-    """The last SSE frames: the finish chunk, the usage chunk when asked for, and `[DONE]`."""
-    return [sse(final), *([sse(usage_chunk)] if usage_chunk else []), sse("[DONE]")]
+def stream_tail(usage_chunk: dict | None) -> list[str]:
+    """The last SSE frames, after every choice's finish chunk: the usage chunk when asked for, and `[DONE]`."""
+    return [*([sse(usage_chunk)] if usage_chunk else []), sse("[DONE]")]
 
 
 async def reply(stream: bool, frames: AsyncIterator[str], whole: Callable[[], Awaitable[dict]]):

@@ -6,6 +6,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+MAX_CHOICES = 16  # `n`: each choice is its own sequence in the engine's batch
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -47,7 +50,7 @@ class Sampling(_Body):
     stop_token_ids: list[int] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
 
     @property
     def include_usage(self) -> bool:

@@ -94,8 +94,6 @@ def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs
                     top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None,
                     answer_prefix: tuple[int, ...] = ()) -> SamplingParams:
     """Engine parameters; max_tokens defaults to the room left in the context (temperature, top_p: 1.0)."""
-    if req.n != 1:
-        raise APIError(400, f"n: expected 1 (one choice per request), found {req.n}", param="n")
     given_max = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = given_max if given_max is not None else max(1, context - prompt_tokens)
     given = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
