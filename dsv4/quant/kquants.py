@@ -62,7 +62,7 @@ def _fit_affine_superblock(x: torch.Tensor, sub: int, nmax: int, weights, search
 
 def _weights_q45(xs: torch.Tensor) -> torch.Tensor:
     """Q4_K/Q5_K error weights: rms of the sub-block plus |x|."""
-    return (seq_sum(xs * xs) / xs.shape[1]).sqrt()[:, None] + xs.abs()
+    return (seq_sum((xs * xs).T.contiguous()) / xs.shape[1]).sqrt()[:, None] + xs.abs()
 
 
 def quantize_q2_k(x: torch.Tensor) -> torch.Tensor:
