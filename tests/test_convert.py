@@ -11,6 +11,7 @@ import dsv4
 from dsv4.cli import main
 from dsv4.quant import QuantEmbedding, QuantLinear
 from dsv4.weights import sources
+from dsv4.weights.checkpoint import CheckpointError
 from dsv4.weights.writer import save_model
 from hf_reference import build_hf, save_hf
 from tiny_models import random_model
@@ -76,6 +77,37 @@ def test_gguf_export_has_deepseek4_names_types_and_bytes(q8, tmp_path):
     assert tensors["blk.1.exp_probs_b.bias"].tensor_type == gguf.GGMLQuantizationType.F32
     assert tensors["blk.0.ffn_gate_tid2eid.weight"].tensor_type == gguf.GGMLQuantizationType.I32
     assert "blk.1.indexer.attn_q_b.weight" in tensors and "output_hc_fn.weight" in tensors
+
+
+@pytest.mark.parametrize("recipe", ["Q8_0", "BF16"])
+def test_gguf_of_an_official_checkpoint_loads_back_like_its_dsv4_conversion(official, recipe, tmp_path):
+    """FP8/FP4 source -> GGUF (dequantized, requantized to the recipe) -> dsv4.load_model: the same tensors, bytes
+    and logits as the same source converted to a dsv4 directory."""
+    assert main(["convert", str(official), str(tmp_path / "m.gguf"), "--recipe", recipe]) == 0
+    assert main(["convert", str(official), str(tmp_path / "m"), "--recipe", recipe]) == 0
+    kw = dict(dtype=torch.float32, simulate_quant=False)
+    a = dsv4.load_model(tmp_path / "m.gguf", recipe=recipe, **kw).state_dict()
+    b = dsv4.load_model(tmp_path / "m", recipe=recipe, **kw).state_dict()
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(dsv4.load_model(tmp_path / "m.gguf", **kw)(ids), dsv4.load_model(tmp_path / "m", **kw)(ids))
+
+
+def test_truncated_or_foreign_gguf_files_are_named(q8, tmp_path):
+    good = tmp_path / "m.gguf"
+    assert main(["convert", str(q8), str(good), "--recipe", "Q8_0"]) == 0
+    (tmp_path / "cut.gguf").write_bytes(good.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match=r"cut\.gguf: unreadable GGUF file"):
+        dsv4.load_model(tmp_path / "cut.gguf")
+    foreign = gguf.GGUFWriter(tmp_path / "llama.gguf", "llama")
+    foreign.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    foreign.write_header_to_file()
+    foreign.write_kv_data_to_file()
+    foreign.write_tensors_to_file()
+    foreign.close()
+    with pytest.raises(CheckpointError, match="no 'dsv4.config' metadata; only GGUF files written by dsv4"):
+        dsv4.load_model(tmp_path / "llama.gguf")
 
 
 def test_fp8_recipe_cannot_be_written_as_gguf(official, tmp_path, capsys):

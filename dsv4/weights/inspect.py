@@ -12,6 +12,7 @@ from dsv4.model.transformer import Transformer
 from dsv4.quant import RECIPES, classify
 from dsv4.quant.recipes import GROUPS
 from dsv4.weights.checkpoint import Checkpoint
+from dsv4.weights.gguf_reader import GGUFCheckpoint, open_checkpoint
 from dsv4.weights.layout import plan
 from dsv4.weights.sources import ANY_FORMAT, FLOAT, CheckpointSource, stored_specs
 
@@ -20,7 +21,7 @@ KEPT, OTHER = "kept_matrices", "other"  # KEEP-table matrices (compressors, rout
 
 def describe(path: str | Path) -> dict:
     """{"path", "config", "recipe", "formats": {group: [fmt]}, "groups": {group: {"params", "bytes"}}, totals}."""
-    ckpt = Checkpoint(path)
+    ckpt = open_checkpoint(path)
     cfg = ckpt.model_config()
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -42,7 +43,7 @@ def describe(path: str | Path) -> dict:
             "bytes": sum(g["bytes"] for g in groups.values()), "shards": len(set(ckpt.files.values()))}
 
 
-def recipe_of(formats: dict[str, list[str]], ckpt: Checkpoint) -> str:
+def recipe_of(formats: dict[str, list[str]], ckpt: Checkpoint | GGUFCheckpoint) -> str:
     """The recipe named in quantization.json, else the one whose group formats match, else "mixed"."""
     if ckpt.recipe is not None:
         return ckpt.recipe.name

@@ -1,9 +1,10 @@
 """`load_model`: a checkpoint directory (config.json + safetensors, one file or shards with
-model.safetensors.index.json) using the official tensor names -> a ready Transformer.
+model.safetensors.index.json) using the official tensor names, or a GGUF file written by dsv4 -> a ready Transformer.
 
 Strict: every parameter is filled, every stored tensor is used, shapes (and scale shapes) are checked from the
 headers before anything is read; errors name the tensor. Lazy: the model is built on the meta device and each unit
-is read, converted and placed one at a time, so the process never holds a second copy of the weights.
+is read, converted and put in place of its meta tensor one at a time (nothing is allocated for the whole model up
+front), so the process holds the loaded weights plus about one unit's temporaries.
 """
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dsv4.model.transformer import Transformer, cast_model, fp32_island_names
-from dsv4.quant import QuantEmbedding, QuantLinear, Recipe, get_recipe, prepare_module
+from dsv4.model.transformer import Transformer, cast_model
+from torch import nn
+
+from dsv4.offload import OffloadConfig, offload_experts
+from dsv4.quant import Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
-from dsv4.weights.checkpoint import Checkpoint, CheckpointError, checkpoint_files
+from dsv4.quant.linear import QuantWeight
+from dsv4.weights.checkpoint import CheckpointError, checkpoint_files
+from dsv4.weights.gguf_reader import open_checkpoint
 from dsv4.weights.layout import Entry, plan
 from dsv4.weights.sources import FLOAT, CheckpointSource, convert
 
@@ -25,16 +31,19 @@ _ALL_FLOAT = get_recipe("BF16")
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-               simulate_quant: bool | None = None, recipe: str | Recipe | None = None) -> Transformer:
-    """Load a checkpoint directory.
+               simulate_quant: bool | None = None, recipe: str | Recipe | None = None,
+               expert_budget: OffloadConfig | str | int | None = None) -> Transformer:
+    """Load a checkpoint directory or a dsv4 GGUF file (its recipe's formats are what it stores).
 
     simulate_quant: None = on for checkpoints whose config has a `quantization_config` (official FP8).
     recipe: None = every matrix in `dtype` (quantized stored weights are dequantized tensor by tensor); a recipe
     name = matrices of the groups it quantizes stay in its format in memory (QuantLinear / QuantEmbedding): copied
     as stored when the checkpoint already holds that format (official FP8/FP4 under "FP4"), else converted per
     tensor while streaming.
+    expert_budget: None = every routed expert resident; a size ("4GB", or bytes) or an OffloadConfig = routed
+    experts stay in the checkpoint, read on demand into an LRU cache of that many bytes (dsv4.offload; same numerics).
     """
-    ckpt = Checkpoint(path)
+    ckpt = open_checkpoint(path)
     cfg = ckpt.model_config()
     cfg.simulate_quant = cfg.quantization_config is not None if simulate_quant is None else simulate_quant
     cfg.__post_init__()
@@ -43,29 +52,31 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     source = CheckpointSource(ckpt, model)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     entries = plan(model, recipe or _ALL_FLOAT)
-    keep32 = fp32_island_names(model)
-    cast_model(model, dtype)  # on meta: sets the dtypes (QuantEmbedding takes its output dtype from the weight)
+    cast_model(model, dtype)  # on meta: sets every float dtype (fp32 islands; QuantEmbedding's output dtype)
     if recipe is not None:
         with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
             prepare_module(model, recipe)
-    model = model.to_empty(device=device)
-    targets = dict(model.named_parameters()) | dict(model.named_buffers())
+    if expert_budget is not None:
+        entries = offload_experts(model, source, entries, expert_budget, fill_unit, device)
     for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
-        if entry.is_matrix:
-            module = model.get_submodule(entry.name)
-            if isinstance(module, (QuantLinear, QuantEmbedding)):
-                _fill_quantized(module, entry, source)
-            else:
-                _assign(module.weight, _float_matrix(entry, source), dtype, f"{entry.name}.weight" in keep32, device)
-        else:
-            _assign(targets[entry.name], source.tensor(entry), dtype, entry.name in keep32, device)
+        fill_unit(model, entry, source, device)
+    unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not unfilled, f"plan() left {unfilled[:3]} unfilled"
     return cast_model(model, dtype).eval()
 
 
-def _fill_quantized(module: QuantLinear | QuantEmbedding, entry: Entry, source: CheckpointSource) -> None:
-    src, bufs = source.matrix(entry)
-    for key, value in convert(bufs, src, entry.fmt, entry.name).items():
-        getattr(module, key).copy_(value)
+def fill_unit(root: nn.Module, entry: Entry, source, device, at: str | None = None) -> None:
+    """Read `entry` from `source` and put it in place of its meta tensors in `root`, at the module path `at`
+    (default `entry.name`; the expert store fills a lone expert at "w1", "w2", "w3")."""
+    at = entry.name if at is None else at
+    if not entry.is_matrix:
+        _place(root, at, source.tensor(entry), device)
+    elif isinstance(root.get_submodule(at), QuantWeight):
+        src, bufs = source.matrix(entry)
+        for key, value in convert(bufs, src, entry.fmt, entry.name).items():
+            _place(root, f"{at}.{key}", value, device)
+    else:
+        _place(root, f"{at}.weight", _float_matrix(entry, source), device)
 
 
 def _float_matrix(entry: Entry, source: CheckpointSource) -> torch.Tensor:
@@ -76,7 +87,14 @@ def _float_matrix(entry: Entry, source: CheckpointSource) -> torch.Tensor:
     return convert(bufs, src, FLOAT, entry.name)["weight"]
 
 
-def _assign(target: torch.Tensor, tensor: torch.Tensor, dtype: torch.dtype, fp32: bool, device) -> None:
-    """Replace target's data by `tensor` in the target's dtype (integers), fp32 (islands) or `dtype`."""
-    want = target.dtype if not target.is_floating_point() else (torch.float32 if fp32 else dtype)
-    target.data = tensor.to(device=device, dtype=want)
+def _place(model: nn.Module, name: str, tensor: torch.Tensor, device) -> None:
+    """Put `tensor` in place of the meta parameter or buffer `name`, in its dtype (set on meta by cast_model)."""
+    owner_name, _, key = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    old = getattr(owner, key)
+    assert old.is_meta and tuple(old.shape) == tuple(tensor.shape), f"{name}: {tuple(old.shape)} vs {tuple(tensor.shape)}"
+    tensor = tensor.to(device=device, dtype=old.dtype)
+    if key in owner._parameters:
+        owner._parameters[key] = nn.Parameter(tensor, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[key] = tensor
