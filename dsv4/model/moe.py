@@ -51,14 +51,23 @@ class Gate(nn.Module):
         return w / w.sum(-1, keepdim=True) * self.route_scale, idx
 
 
+class RoutedExperts(nn.ModuleList):
+    """The E routed experts, all resident. `fetch(ids)` is the hook through which MoE reaches the experts a batch
+    routes to: here the list itself; an offloaded store (dsv4.offload) reads the missing ones in its version."""
+
+    def fetch(self, ids: list[int]) -> "RoutedExperts":
+        """ids: the active expert ids in ascending order. Returns something indexable by each of them."""
+        return self
+
+
 class MoE(nn.Module):
     """y = sum_k w_k E_{idx_k}(x) + E_shared(x). Parameters gate, experts.{0..E-1}, shared_experts."""
 
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.gate = Gate(cfg, layer_id)
-        self.experts = nn.ModuleList(Expert(cfg.hidden_size, cfg.moe_intermediate_size, cfg.swiglu_limit)
-                                     for _ in range(cfg.n_routed_experts))
+        self.experts = RoutedExperts(Expert(cfg.hidden_size, cfg.moe_intermediate_size, cfg.swiglu_limit)
+                                      for _ in range(cfg.n_routed_experts))
         self.shared_experts = Expert(cfg.hidden_size, cfg.moe_intermediate_size, cfg.swiglu_limit)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -71,11 +80,12 @@ class MoE(nn.Module):
         order = flat_idx.argsort(stable=True)  # group (token, slot) pairs by expert: one GEMM per active expert
         counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
         tokens, slot_w = order // idx.shape[1], weights.flatten()[order]
+        experts = self.experts.fetch([e for e, n in enumerate(counts) if n])
         begin = 0
         for e, n in enumerate(counts):
             if n:
                 t = tokens[begin:begin + n]
-                y.index_add_(0, t, self.experts[e](x[t], slot_w[begin:begin + n]).float())
+                y.index_add_(0, t, experts[e](x[t], slot_w[begin:begin + n]).float())
                 begin += n
         y += self.shared_experts(x).float()
         return y.to(x.dtype).view(shape)

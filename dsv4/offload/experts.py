@@ -1,0 +1,35 @@
+"""`OffloadedExperts`: the drop-in for `MoE.experts` (a `RoutedExperts` list) whose experts live in an ExpertStore."""
+from __future__ import annotations
+
+from torch import nn
+
+from dsv4.offload.store import ExpertStore, Lease
+
+
+class OffloadedExperts(nn.Module):
+    """E routed experts named `{prefix}.{e}`, held by `store` (no parameters of its own). `fetch(ids)` returns a
+    view indexable by expert id, reading the missing experts; len() is E, as for the resident list."""
+
+    def __init__(self, store: ExpertStore, prefix: str, n_experts: int):
+        super().__init__()
+        self.store, self.prefix, self.n_experts = store, prefix, n_experts
+
+    def __len__(self) -> int:
+        return self.n_experts
+
+    def fetch(self, ids: list[int]) -> "_ById":
+        """ids: active expert ids (ascending, each < E). Returns a mapping id -> expert module."""
+        return _ById(self.store.acquire([f"{self.prefix}.{e}" for e in ids]), self.prefix)
+
+    def extra_repr(self) -> str:
+        return f"n_experts={self.n_experts}, prefix={self.prefix!r}, budget={self.store.budget}"
+
+
+class _ById:
+    """A lease indexed by expert id instead of key."""
+
+    def __init__(self, lease: Lease, prefix: str):
+        self.lease, self.prefix = lease, prefix
+
+    def __getitem__(self, e: int) -> nn.Module:
+        return self.lease[f"{self.prefix}.{e}"]
