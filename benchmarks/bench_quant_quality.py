@@ -1,23 +1,31 @@
-"""Quantization quality and memory per recipe, on a small model trained here for a few minutes.
+"""Quantization quality and memory per recipe.
 
-    python benchmarks/bench_quant_quality.py [--steps 200] [--recipes Q8_0 Q4_K_M ...] [--out benchmarks/results]
+    python benchmarks/bench_quant_quality.py [--parts quality memory] [--recipes Q8_0 Q4_K_M ...] [--steps 60]
 
+Quality (a small model trained here for a few minutes):
 1. Train a small V4 (byte-level synthetic task text from dsv4.train.tasks, Muon via build_optimizer) and save it
    as a BF16 checkpoint (kept in OUT/quality_model and reused).
-2. For each recipe: `convert_checkpoint` (size on disk), then in a fresh process `load_model(..., recipe=R)`:
-   resident set growth during the load vs the bytes of the loaded weights, and held-out logits.
+2. For each recipe: `convert_checkpoint` (size on disk), then in a fresh process `load_model(..., recipe=R)`
+   (bytes of the loaded weights) and held-out logits.
 3. Against the BF16 model: mean per-token KL(bf16 || recipe) of the next-token distributions and perplexity.
-Writes OUT/quant_quality.json ({"metric", "recipes": {name: KL}} for dsv4.plan, plus the full table) and prints it.
+Memory (a random model of ~250M parameters, so that weights dominate; `--memory-model 20M` on a busy machine):
+4. For each recipe: write the random model in that recipe, streamed unit by unit (never whole in memory); load it
+   under the recipe in a fresh process; resident set after the load minus that of a process that only imported
+   torch + dsv4 and built a model on the meta device (the fixed overhead), against the loaded weights' bytes.
+Writes OUT/quant_quality.json ({"metric", "recipes": {name: KL}} for dsv4.plan, the quality "table" and the
+"memory" table; a part not run keeps its previous keys) and prints the tables.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -26,11 +34,14 @@ import torch.nn.functional as F
 from dsv4.config import ModelConfig
 from dsv4.model.transformer import Transformer
 from dsv4.presets import PRESETS
-from dsv4.quant import RECIPES
+from dsv4.quant import RECIPES, get_codec, get_recipe
+from dsv4.quant.codecs import PLAIN
 from dsv4.train.param_groups import build_optimizer
 from dsv4.train.tasks import generate_tasks
 from dsv4.weights.convert import convert_checkpoint
-from dsv4.weights.writer import save_model
+from dsv4.weights.layout import Entry, plan
+from dsv4.weights.sources import FLOAT
+from dsv4.weights.writer import save_model, write_checkpoint
 
 SEQ = 64
 # Every quantized input dim a multiple of 256 (K-quant super-blocks). One hash-routed CSA layer, two experts, no
@@ -38,6 +49,15 @@ SEQ = 64
 MODEL = dict(PRESETS["tiny"], vocab_size=512, hidden_size=256, q_lora_rank=256, head_dim=128, qk_rope_head_dim=16,
              o_lora_rank=128, moe_intermediate_size=256, num_hidden_layers=1, compress_ratios=[4],
              n_routed_experts=2, num_nextn_predict_layers=0)
+# Random models for the memory part, every quantized input dim a multiple of 256; layers SWA, CSA, HCA, CSA.
+# "250M" (500 MB in BF16): weights dominate the per-process overhead. "20M": for a machine too busy for that.
+MEMORY_MODELS = {
+    "250M": dict(PRESETS["tiny"], vocab_size=16384, hidden_size=1024, q_lora_rank=512, num_attention_heads=8,
+                 head_dim=128, qk_rope_head_dim=64, o_lora_rank=256, moe_intermediate_size=512, n_routed_experts=32,
+                 num_hidden_layers=4, compress_ratios=[0, 4, 16, 4], index_head_dim=128, num_nextn_predict_layers=0),
+}
+MEMORY_MODELS["20M"] = dict(MEMORY_MODELS["250M"], vocab_size=2048, hidden_size=512, n_routed_experts=8,
+                            num_hidden_layers=2, compress_ratios=[0, 4])
 
 
 def byte_rows(n_tasks: int, seed: int) -> torch.Tensor:
@@ -78,24 +98,115 @@ def rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))
+
+
 def measure(path: str, recipe: str, held_out: str) -> None:
-    """(Child process.) Load `path` under `recipe`; print RSS growth, weight bytes and save held-out logits."""
+    """(Child process.) Load `path` under `recipe`; print the weight bytes and save held-out logits."""
     from dsv4 import load_model
-    start = rss_bytes()
-    # The fixed, once-per-process cost: lazy imports, thread pools, and torch's meta-device registrations (~70 MB,
-    # imported by the first meta build); measured apart so the load's own growth can be compared with its weights.
-    with torch.no_grad():
-        Transformer(ModelConfig(**PRESETS["tiny"]))(torch.zeros(1, 8, dtype=torch.long))
-    with torch.device("meta"):
-        Transformer(ModelConfig(**PRESETS["tiny"]))
-    before = rss_bytes()
     model = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe)
-    rss = rss_bytes() - before
-    weights = sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))
     with torch.no_grad():
         logits = model(torch.load(held_out)[:, :-1])
     torch.save(logits, f"{held_out}.{recipe}.pt")
-    print(json.dumps({"rss_bytes": rss, "weight_bytes": weights, "fixed_overhead_bytes": before - start}))
+    print(json.dumps({"weight_bytes": weight_bytes(model)}))
+
+
+def measure_empty() -> None:
+    """(Child process.) The fixed overhead: torch + dsv4 imported and a model built on the meta device (which
+    loads torch's meta registrations, as every load does), no weights."""
+    import dsv4  # noqa: F401
+    with torch.device("meta"):
+        Transformer(ModelConfig(**PRESETS["tiny"]))
+    print(json.dumps({"rss_bytes": rss_bytes(), "peak_bytes": peak_rss_bytes()}))
+
+
+def measure_load(path: str, recipe: str) -> None:
+    """(Child process.) Load `path` under `recipe`; print the resident set after, its peak and the weight bytes."""
+    from dsv4 import load_model
+    model = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe)
+    print(json.dumps({"rss_bytes": rss_bytes(), "peak_bytes": peak_rss_bytes(), "weight_bytes": weight_bytes(model)}))
+
+
+def child(*args: str) -> dict:
+    """Run this script with `args` in a fresh process; its last stdout line as JSON."""
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+class RandomSource:
+    """Units of a random model in their recipe's format, each made when the writer asks (so the model is never whole
+    in memory); seeded by name. Plain matrices and other float tensors N(0, 0.02^2), integer tables expert ids. A
+    quantized matrix is rows drawn at random from one quantized random tile per (format, in): valid data in the
+    format, without running the K-quant searches over 250M weights (the load being measured does not depend on the
+    values)."""
+
+    TILE = 128  # rows; a multiple of the FP8 block, so a tile's one row of 128x128 scales fits any of its rows
+
+    def __init__(self, n_experts: int):
+        self.n_experts = n_experts
+        self.tiles: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def _generator(entry: Entry) -> torch.Generator:
+        return torch.Generator().manual_seed(zlib.crc32(entry.name.encode()))
+
+    def matrix(self, entry: Entry) -> tuple[str, dict[str, torch.Tensor]]:
+        out, inn = entry.shape
+        g = self._generator(entry)
+        if entry.fmt in PLAIN:
+            return FLOAT, {"weight": torch.randn(entry.shape, generator=g) * 0.02}
+        codec = get_codec(entry.fmt)
+        if (entry.fmt, inn) not in self.tiles:
+            self.tiles[entry.fmt, inn] = codec.quantize(torch.randn(self.TILE, inn, generator=g) * 0.02, entry.name)
+        rows = torch.randint(0, self.TILE, (out,), generator=g)
+        bufs = {}
+        for key, tile in self.tiles[entry.fmt, inn].items():
+            (need, _), dtype = codec.specs(out, inn)[key]
+            raw = tile.view(torch.uint8)  # every codec buffer has 1-byte elements
+            raw = raw[rows] if need == out else raw[:1].expand(need, -1)  # per-row data; FP8's per-128-row scales
+            bufs[key] = raw.contiguous().view(dtype)
+        return entry.fmt, bufs
+
+    def tensor(self, entry: Entry) -> torch.Tensor:
+        if not entry.dtype.is_floating_point:
+            return torch.randint(0, self.n_experts, entry.shape, generator=self._generator(entry))
+        return torch.randn(entry.shape, generator=self._generator(entry)) * 0.02
+
+
+def memory_row(recipe: str, config: dict, work: Path, fixed: int) -> dict:
+    """Write the random model `config` in `recipe`, load it in a fresh process; resident bytes vs weight bytes."""
+    path = work / f"memory_{recipe}"
+    if path.exists():
+        shutil.rmtree(path)
+    cfg, r = ModelConfig(**config), get_recipe(recipe)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    t = time.time()
+    write_checkpoint(path, cfg.to_dict(), plan(model, r), RandomSource(cfg.n_routed_experts), r)
+    seconds = time.time() - t
+    row = child("--measure-load", str(path), recipe)
+    row |= {"disk_bytes": sum(f.stat().st_size for f in path.glob("*.safetensors")), "write_s": round(seconds, 1),
+            "load_rss_bytes": row["rss_bytes"] - fixed, "load_peak_bytes": row["peak_bytes"] - fixed}
+    row["rss_ratio"] = row["load_rss_bytes"] / row["weight_bytes"]
+    shutil.rmtree(path)
+    return row
+
+
+def memory(recipes: list[str], model: str, work: Path) -> dict:
+    """The memory table for MEMORY_MODELS[model]: fixed overhead, then one row per recipe."""
+    fixed = child("--measure-empty")["rss_bytes"]
+    rows = {}
+    for r in recipes:
+        rows[r] = row = memory_row(r, MEMORY_MODELS[model], work, fixed)
+        print(f"{r:10s} weights {row['weight_bytes'] / 1e6:7.1f} MB  rss after load - fixed {row['load_rss_bytes'] / 1e6:7.1f} MB "
+              f"(x{row['rss_ratio']:.3f})  peak - fixed {row['load_peak_bytes'] / 1e6:7.1f} MB  "
+              f"disk {row['disk_bytes'] / 1e6:7.1f} MB  write {row['write_s']:.0f} s", flush=True)
+    return {"model": model, "config": MEMORY_MODELS[model], "fixed_overhead_bytes": fixed, "recipes": rows}
 
 
 def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
@@ -113,39 +224,55 @@ def run_recipe(model_dir: Path, recipe: str, work: Path, held_out: Path) -> dict
     t = time.time()
     convert_checkpoint(model_dir, dst, recipe)
     seconds = time.time() - t
-    res = subprocess.run([sys.executable, __file__, "--measure", str(dst), recipe, str(held_out)],
-                         capture_output=True, text=True, check=True)
-    row = json.loads(res.stdout.strip().splitlines()[-1])
+    row = child("--measure", str(dst), recipe, str(held_out))
     row |= {"disk_bytes": sum(f.stat().st_size for f in dst.glob("*.safetensors")), "convert_s": round(seconds, 1)}
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--measure", nargs=3, metavar=("PATH", "RECIPE", "HELD_OUT"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.measure:
-        return measure(*args.measure)
-    args.out.mkdir(parents=True, exist_ok=True)
-    model_dir = train(args.steps, args.out)
-    work = args.out / "quality_work"
-    work.mkdir(exist_ok=True)
+def quality_part(recipes: list[str], steps: int, out: Path) -> dict:
+    """The quality table (KL and perplexity against BF16, disk and weight bytes) on the small trained model."""
+    model_dir = train(steps, out)
+    work = out / "quality_work"
     held_out = work / "held_out.pt"
     torch.save(byte_rows(40, seed=99)[:4], held_out)
     targets = torch.load(held_out)[:, 1:]
-    rows = {r: run_recipe(model_dir, r, work, held_out) for r in ["BF16", *[r for r in args.recipes if r != "BF16"]]}
+    rows = {r: run_recipe(model_dir, r, work, held_out) for r in ["BF16", *[r for r in recipes if r != "BF16"]]}
     ref = torch.load(f"{held_out}.BF16.pt")
     for r, row in rows.items():
         row["kl"], row["ppl"] = quality(ref, torch.load(f"{held_out}.{r}.pt"), targets)
-        print(f"{r:8s} disk {row['disk_bytes'] / 1e6:6.2f} MB  weights {row['weight_bytes'] / 1e6:6.2f} MB  "
-              f"load rss +{row['rss_bytes'] / 1e6:6.2f} MB (fixed overhead {row['fixed_overhead_bytes'] / 1e6:5.1f} MB)  "
+        print(f"{r:10s} disk {row['disk_bytes'] / 1e6:6.2f} MB  weights {row['weight_bytes'] / 1e6:6.2f} MB  "
               f"KL {row['kl']:.5f}  ppl {row['ppl']:.3f}", flush=True)
-    result = {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text",
-              "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows, "model": MODEL}
-    (args.out / "quant_quality.json").write_text(json.dumps(result, indent=2))
+    return {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text",
+            "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows, "model": MODEL}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", choices=["quality", "memory"], default=["quality", "memory"])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    ap.add_argument("--memory-model", choices=list(MEMORY_MODELS), default="250M")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--measure", nargs=3, metavar=("PATH", "RECIPE", "HELD_OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure-load", nargs=2, metavar=("PATH", "RECIPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure-empty", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        return measure(*args.measure)
+    if args.measure_load:
+        return measure_load(*args.measure_load)
+    if args.measure_empty:
+        return measure_empty()
+    (args.out / "quality_work").mkdir(parents=True, exist_ok=True)
+    results = args.out / "quant_quality.json"
+    result = json.loads(results.read_text()) if results.exists() else {}
+    if "quality" in args.parts:
+        result |= quality_part(args.recipes, args.steps, args.out)
+    if "memory" in args.parts:
+        result["memory"] = memory(args.recipes, args.memory_model, args.out / "quality_work")
+    tmp = results.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, results)  # atomic: the planner never reads a half-written file
 
 
 if __name__ == "__main__":
