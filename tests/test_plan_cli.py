@@ -6,6 +6,7 @@ import pytest
 from dsv4.cli import main
 from dsv4.config import ModelConfig
 from dsv4.model.counts import parameter_counts
+from dsv4.model.transformer import Transformer
 from dsv4.plan.catalog import CATALOG
 from dsv4.plan.ladder import read_quality
 from dsv4.quant.recipes import RECIPES
@@ -22,12 +23,26 @@ def test_json_has_the_documented_keys_with_their_types(capsys):
     assert rc == 0
     plan = json.loads(out)
     types = {"total_params": int, "active_params": int, "weight_bytes": int, "kv_bytes_per_token": float,
-             "kv_bytes": int, "fits": bool, "decode_tokens_per_s": float}
+             "kv_bytes": int, "fits": bool, "decode_tokens_per_s": float, "memory_weight_bytes": int,
+             "expert_bytes": int}
     assert {k: type(plan[k]) for k in types} == types
     counts = parameter_counts(ModelConfig.preset("tiny"))
     assert (plan["total_params"], plan["active_params"]) == (counts.total, counts.active)
     assert plan["weight_bytes"] == sum(plan["weight_bytes_by_group"].values())
+    assert plan["memory_weight_bytes"] == sum(plan["memory_weight_bytes_by_group"].values()) > plan["weight_bytes"]
     assert plan["fits"] and [t["name"] for t in plan["tiers"]] == ["rtx-4090", "ddr5-desktop", "nvme-gen4"]
+
+
+def test_a_plan_with_every_recipe_and_device_builds_the_model_once(capsys, monkeypatch):
+    built, init = [], Transformer.__init__
+
+    def counting_init(self, cfg):
+        built.append(cfg)
+        init(self, cfg)
+
+    monkeypatch.setattr(Transformer, "__init__", counting_init)
+    rc, out, _ = run(capsys, "tiny", "--recipe", "Q8_0", "--table")
+    assert rc == 0 and "Q8_0" in out and len(built) == 1
 
 
 def test_a_checkpoint_directory_is_planned_from_its_config_json(tmp_path, capsys):

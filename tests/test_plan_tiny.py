@@ -1,45 +1,25 @@
-"""Planner pieces on tiny configs and synthetic tiers: weight bytes equal what the quantization transform stores,
-the greedy split, the machine description and the quality results file."""
+"""Planner pieces on tiny configs and synthetic tiers: parameter counts from the one meta build, kept tensors'
+precision, recipes a shape rules out, the greedy split, the machine description and the quality results file."""
 import json
-import re
 from math import inf
 
 import pytest
-import torch
 
 from dsv4.config import ModelConfig
-from dsv4.model.transformer import Transformer
+from dsv4.model.counts import parameter_counts
 from dsv4.plan.catalog import Memory, lookup
 from dsv4.plan.errors import PlanError
 from dsv4.plan.ladder import read_quality
 from dsv4.plan.placement import Item, Tier, place
 from dsv4.plan.system import System, resolve
-from dsv4.plan.weights import KEPT, tensor_bytes, tensor_inventory
-from dsv4.presets import PRESETS
-from dsv4.quant.codecs import PLAIN
-from dsv4.quant.linear import QuantWeight
+from dsv4.plan.weights import count_parameters, tensor_bytes, tensor_inventory
 from dsv4.quant.recipes import get_recipe
-from dsv4.quant.transform import FLOAT_IN_MEMORY, quantize_module
-
-# Tiny shapes that are multiples of 128, so the FP8/FP4 recipes apply (2 experts keep the FP4 codec fast).
-TINY_128 = dict(PRESETS["tiny"], hidden_size=128, q_lora_rank=128, head_dim=64, o_lora_rank=64,
-                moe_intermediate_size=128, n_routed_experts=2, num_experts_per_tok=1)
 
 
-@pytest.mark.parametrize("preset, recipe", [(PRESETS["tiny"], "Q8_0"), (TINY_128, "FP8"), (TINY_128, "FP4")])
-def test_planned_bytes_equal_the_buffers_of_the_quantized_model(preset, recipe):
-    cfg = ModelConfig(**preset)
-    torch.manual_seed(0)
-    model = quantize_module(Transformer(cfg), recipe)
-    stored = {f"{name}.weight": sum(b.numel() * b.element_size() for b in m.buffers())
-              for name, m in model.named_modules() if isinstance(m, QuantWeight)}
-    r = get_recipe(recipe)
-    # wo_a is stored in the attention format but held float in memory (as convert.py does): planned as stored.
-    float_in_memory = [re.compile(p + r"\.weight") for p in FLOAT_IN_MEMORY]
-    planned = {t.name: tensor_bytes(t, r) for t in tensor_inventory(cfg)
-               if t.group != KEPT and r.format_of(t.group) not in PLAIN
-               and not any(p.fullmatch(t.name) for p in float_in_memory)}
-    assert planned == stored
+@pytest.mark.parametrize("preset", ["tiny", "tiny-official-ratios", "tiny-hc4"])
+def test_counts_from_the_inventory_equal_the_models_parameter_counts(preset):
+    cfg = ModelConfig.preset(preset)
+    assert count_parameters(cfg, tensor_inventory(cfg)) == parameter_counts(cfg)
 
 
 def test_kept_tensors_are_counted_at_their_on_disk_precision():

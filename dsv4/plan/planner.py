@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsv4.config import ModelConfig
-from dsv4.model.counts import ParamCounts, parameter_counts
+from dsv4.model.counts import ParamCounts
 from dsv4.presets import PRESETS
 from dsv4.quant.recipes import Recipe
 
@@ -20,12 +20,14 @@ from .errors import PlanError
 from .kv import KV_ITEMSIZE, kv_bytes, kv_bytes_per_token, kv_read_bytes
 from .placement import Item, Split, place
 from .system import System
-from .weights import TensorInfo, WeightBytes, tensor_inventory, weight_bytes
+from .weights import TensorInfo, WeightBytes, count_parameters, tensor_inventory, weight_bytes
 
 ASSUMPTIONS = ("uniform routing: every expert equally hot",
                "decode bound by memory bandwidth, at peak bandwidth: speeds are upper bounds",
                "experts in RAM are computed by the CPU, experts on disk are read on each use",
-               "MTP block not loaded; embedding rows read on use")
+               "MTP block not loaded; embedding rows read on use",
+               "weights in memory as load_model(recipe=...) holds them: bf16, fp32 islands (norms, compressors, "
+               "head), wo_a dequantized")
 
 
 def resolve_config(spec: str) -> ModelConfig:
@@ -54,7 +56,9 @@ class ModelFacts:
 
 
 def model_facts(cfg: ModelConfig) -> ModelFacts:
-    return ModelFacts(cfg, parameter_counts(cfg), tensor_inventory(cfg))
+    """Parameter counts and the tensor inventory of `cfg`, from one meta build of the model."""
+    inventory = tensor_inventory(cfg)
+    return ModelFacts(cfg, count_parameters(cfg, inventory), inventory)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class Plan:
 
     @property
     def active_weight_bytes(self) -> int:
-        """Weight bytes one token reads: dense weights, k experts per layer and one embedding row."""
+        """Weight bytes one token reads, as held in memory: dense weights, k experts per layer, one embedding row."""
         cfg = self.facts.cfg
         routed = cfg.num_hidden_layers * cfg.num_experts_per_tok * self.weights.expert
         return self.weights.dense + routed + self.weights.embed_row
@@ -114,6 +118,6 @@ def make_plan(facts: ModelFacts, w: WeightBytes, workload: Workload, system: Sys
              Item("experts", cfg.num_hidden_layers * cfg.n_routed_experts, w.expert, picked),
              Item("embed", cfg.vocab_size, w.embed_row, min(1.0, batch / cfg.vocab_size))]
     tiers = system.tiers()
-    fits = w.total + kv <= tiers[0].capacity
+    fits = w.memory + kv <= tiers[0].capacity
     return Plan(facts, w, workload, system, kv, kv_bytes_per_token(cfg, workload.context, itemsize), kv_read,
                 fits, place(items, tiers))

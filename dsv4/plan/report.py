@@ -24,6 +24,8 @@ def plan_dict(plan: Plan) -> dict:
     return {"recipe": w.recipe, "context": wl.context, "batch_size": wl.batch, "kv_dtype": wl.kv_dtype,
             "total_params": p.total, "active_params": p.active, "mtp_params": p.mtp,
             "weight_bytes": w.total, "weight_bytes_by_group": dict(w.by_group), "mtp_weight_bytes": w.mtp,
+            "memory_weight_bytes": w.memory, "memory_weight_bytes_by_group": dict(w.in_memory),
+            "expert_bytes": w.expert,
             "active_weight_bytes_per_token": plan.active_weight_bytes,
             "kv_bytes_per_token": plan.kv_bytes_per_token, "kv_bytes": plan.kv_bytes,
             "kv_read_bytes_per_step": plan.kv_read, "fits": plan.fits, "runs": plan.split.runs,
@@ -62,13 +64,15 @@ def format_plan(plan: Plan) -> str:
     head = [f"recipe {w.recipe}, context {wl.context:,}, batch {wl.batch}, KV {wl.kv_dtype}",
             f"parameters: {p.total / 1e9:.2f} B total, {p.active / 1e9:.2f} B active per token "
             f"(MTP {p.mtp / 1e9:.2f} B, not loaded)"]
-    groups = [[g, gib(n)] for g, n in w.by_group.items()] + [["total", gib(w.total)], ["MTP block", gib(w.mtp)],
-                                                              ["read per token", gib(plan.active_weight_bytes)]]
+    groups = ([[g, gib(n), gib(w.in_memory[g])] for g, n in w.by_group.items()]
+              + [["total", gib(w.total), gib(w.memory)], ["MTP block", gib(w.mtp), "-"],
+                 ["read per token", "-", gib(plan.active_weight_bytes)]])
     kv = (f"KV cache: {plan.kv_bytes_per_token:,.0f} B per token, {gib(plan.kv_bytes)} GiB at {wl.context:,} "
           f"tokens x {wl.batch} (a step reads {gib(plan.kv_read)} GiB)")
+    expert = f"one routed expert: {w.expert / 2**20:.2f} MiB, the same in the file, in RAM and on the device"
     machine = " + ".join(memory_line(m) for m in plan.system.memories())
-    need = f"needs {gib(w.total + plan.kv_bytes)} GiB, {plan.system.headroom:.0%} of memory kept free"
-    return "\n".join(head + [table(["weights", "GiB"], groups), kv, f"machine: {machine}",
+    need = f"needs {gib(w.memory + plan.kv_bytes)} GiB, {plan.system.headroom:.0%} of memory kept free"
+    return "\n".join(head + [table(["weights", "file GiB", "memory GiB"], groups), expert, kv, f"machine: {machine}",
                              f"fits on the device: {'yes' if plan.fits else 'no'} ({need})",
                              format_split(plan), f"decode: {speed(plan)} tokens/s "
                              f"(k={cfg.num_experts_per_tok} of {cfg.n_routed_experts} experts per layer)",
@@ -92,9 +96,10 @@ def _tier_rows(plan: Plan) -> list[dict]:
 def format_ladder(plans: list[Plan], quality: Quality, skipped: list[str]) -> str:
     """The recipe ladder on one machine: size, bytes read per token, fit, speed and measured quality."""
     device = plans[0].system.device.name if plans else "device"
-    rows = [[p.weights.recipe, gib(p.weights.total), gib(p.active_weight_bytes), "yes" if p.fits else "no",
-             speed(p), quality.cell(p.weights.recipe)] for p in plans]
-    text = table(["recipe", "weights GiB", "read/token GiB", f"fits {device}", "tokens/s", quality.metric], rows)
+    rows = [[p.weights.recipe, gib(p.weights.total), gib(p.weights.memory), gib(p.active_weight_bytes),
+             "yes" if p.fits else "no", speed(p), quality.cell(p.weights.recipe)] for p in plans]
+    text = table(["recipe", "file GiB", "memory GiB", "read/token GiB", f"fits {device}", "tokens/s",
+                  quality.metric], rows)
     return text + "".join(f"\nskipped: {why}" for why in skipped)
 
 
