@@ -28,10 +28,11 @@ def resolve_model_path(path: str | Path | None) -> Path:
     return path
 
 
-def load_for_inference(path: str | Path | None, dtype: str = "float32"):
-    """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name."""
+def load_for_inference(path: str | Path | None, dtype: str = "float32", expert_budget: str | None = None):
+    """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name; expert_budget:
+    None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see dsv4.offload)."""
     from dsv4.weights.loader import load_model
 
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype: expected a torch dtype name such as float32 or bfloat16, found {dtype!r}")
-    return load_model(resolve_model_path(path), dtype=getattr(torch, dtype))
+    return load_model(resolve_model_path(path), dtype=getattr(torch, dtype), expert_budget=expert_budget)

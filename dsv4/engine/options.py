@@ -14,6 +14,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the bundled demo model)")
     parser.add_argument("--dtype", default="float32", help="activation/weight dtype on CPU (default float32)")
     parser.add_argument("--speculative", action="store_true", help="MTP speculative decoding (needs MTP weights)")
+    parser.add_argument("--expert-budget", metavar="SIZE", help="keep routed experts on disk with a hot-expert cache "
+                        "of SIZE in memory (e.g. 4GB, 512MiB; default: all experts in memory)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int = 512) -> None:
@@ -36,7 +38,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 def load_model_or_explain(args: argparse.Namespace):
     """The model for `--model` (or the demo model); None after printing why it cannot be loaded."""
     try:
-        return load_for_inference(args.model, args.dtype)
+        return load_for_inference(args.model, args.dtype, args.expert_budget)
     except (ModelNotFoundError, ValueError) as e:
         print(f"dsv4 {args.command}: {e}", file=sys.stderr)
         return None

@@ -29,12 +29,14 @@ def parse_size(value: str | int) -> int:
 @dataclass(frozen=True)
 class OffloadConfig:
     """budget: bytes of routed experts held in memory (as the model holds them, e.g. fp32 when loaded in fp32).
-    prefetch: read a layer's missing experts on a background thread while the ones already there compute.
+    prefetch: read a layer's missing experts on a background thread while the ones already there compute. Off by
+    default: on this project's busy 2-core machine the reading thread competed with the forward for the cores and
+    the GIL and made the tiny-model test 3x slower; bench_offload measures both.
     drop_page_cache: evict each read range from the OS page cache (posix_fadvise DONTNEED), so that no expert bytes
     stay in memory outside the budget; for measuring the disk tier honestly (benchmarks), off by default."""
 
     budget: int
-    prefetch: bool = True
+    prefetch: bool = False
     drop_page_cache: bool = False
 
     @classmethod

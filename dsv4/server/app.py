@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
 
+from dsv4.offload import offload_stats
 from dsv4.server.chat import chat_completions
 from dsv4.server.completions import completions
 from dsv4.server.errors import APIError, install_handlers, invalid_body
@@ -103,4 +104,5 @@ async def _health() -> dict:
 
 async def _metrics(request: Request) -> PlainTextResponse:
     state = _state(request)
-    return PlainTextResponse(state.metrics.render(state.gauges()), media_type="text/plain; version=0.0.4")
+    experts = offload_stats(state.loop.engine.runner.model)
+    return PlainTextResponse(state.metrics.render(state.gauges(), experts), media_type="text/plain; version=0.0.4")

@@ -1,8 +1,12 @@
-"""Prometheus metrics in the text exposition format, without a client library: counters, gauges, histograms."""
+"""Prometheus metrics in the text exposition format, without a client library: counters, gauges, histograms;
+plus the expert cache's counters when the model offloads experts (bytes per token: rate of
+dsv4_expert_bytes_read_total over the rate of the token counters)."""
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+
+from dsv4.offload import OffloadStats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -49,8 +53,9 @@ class Metrics:
             if itl is not None:
                 self.itl.observe(itl)
 
-    def render(self, gauges: dict[str, float]) -> str:
-        """The exposition text; `gauges`: name -> current value (queue depth, running sequences, ...)."""
+    def render(self, gauges: dict[str, float], experts: OffloadStats | None = None) -> str:
+        """The exposition text; `gauges`: name -> current value (queue depth, running sequences, ...); `experts`:
+        the expert store's counters of an offloaded model."""
         with self._lock:
             lines = ["# TYPE dsv4_requests_total counter"]
             lines += [f'dsv4_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
@@ -59,6 +64,26 @@ class Metrics:
                 lines += [f"# TYPE dsv4_{name}_total counter", f"dsv4_{name}_total {value}"]
             for name, hist in (("time_to_first_token_seconds", self.ttft), ("inter_token_latency_seconds", self.itl)):
                 lines += [f"# TYPE dsv4_{name} histogram", *hist.lines(f"dsv4_{name}")]
+        if experts is not None:
+            lines += expert_lines(experts)
         for name, value in gauges.items():
             lines += [f"# TYPE dsv4_{name} gauge", f"dsv4_{name} {value}"]
         return "\n".join(lines) + "\n"
+
+
+_EXPERT_COUNTERS = {"lookups": "expert_cache_lookups", "hits": "expert_cache_hits", "misses": "expert_cache_misses",
+                    "evictions": "expert_cache_evictions", "bytes_read": "expert_bytes_read",
+                    "read_seconds": "expert_read_seconds", "build_seconds": "expert_build_seconds",
+                    "wait_seconds": "expert_wait_seconds"}
+_EXPERT_GAUGES = {"resident_bytes": "expert_cache_bytes", "budget": "expert_cache_budget_bytes",
+                  "hit_rate": "expert_cache_hit_rate"}
+
+
+def expert_lines(stats: OffloadStats) -> list[str]:
+    """Counters (`_total`) and gauges of the expert store."""
+    d, lines = stats.as_dict(), []
+    for key, name in _EXPERT_COUNTERS.items():
+        lines += [f"# TYPE dsv4_{name}_total counter", f"dsv4_{name}_total {d[key]}"]
+    for key, name in _EXPERT_GAUGES.items():
+        lines += [f"# TYPE dsv4_{name} gauge", f"dsv4_{name} {d[key]}"]
+    return lines
