@@ -2,6 +2,7 @@
 
 All weight computations run in fp32 (the parameters are fp32 islands). Shapes: X [B, S, n, d], n = hc_mult.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,13 +32,34 @@ def sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     return m
 
 
+def sinkhorn_numpy(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """`sinkhorn` op for op on numpy, bitwise equal for fp32 CPU input (tests/test_hyper_sinkhorn.py). A decode
+    step's matrices are tiny ([B, 1, n, n]) and its ~6 ops x iters cost their dispatch, which is ~2x cheaper
+    in numpy than in torch. No autograd."""
+    m = torch.softmax(logits, dim=-1).add_(eps).numpy()
+    e = np.float32(eps)
+    m /= m.sum(-2, keepdims=True) + e
+    for _ in range(iters - 1):
+        m /= m.sum(-1, keepdims=True) + e
+        m /= m.sum(-2, keepdims=True) + e
+    return torch.from_numpy(m)
+
+
+def fast_sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """`sinkhorn_numpy` where it is exact and no gradient is needed (inference: fp32, CPU, n <= 4 -- beyond
+    that numpy may sum rows in another order); else the reference."""
+    if logits.requires_grad or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.shape[-1] > 4:
+        return sinkhorn(logits, iters, eps)
+    return sinkhorn_numpy(logits, iters, eps)
+
+
 def hc_pre(X: torch.Tensor, fn, base, scale, iters: int, hc_eps: float, norm_eps: float):
     """Collapse the streams for a sub-block. Returns u [B, S, d] (X's dtype), post [B, S, n], comb [B, S, n, n]."""
     n = X.shape[2]
     mix = _mixes(X, fn, norm_eps)
     pre = torch.sigmoid(mix[..., :n] * scale[0] + base[:n]) + hc_eps
     post = 2 * torch.sigmoid(mix[..., n:2 * n] * scale[1] + base[n:2 * n])
-    comb = sinkhorn((mix[..., 2 * n:] * scale[2] + base[2 * n:]).unflatten(-1, (n, n)), iters, hc_eps)
+    comb = fast_sinkhorn((mix[..., 2 * n:] * scale[2] + base[2 * n:]).unflatten(-1, (n, n)), iters, hc_eps)
     u = (pre[..., None] * X.float()).sum(2).to(X.dtype)
     return u, post, comb
 

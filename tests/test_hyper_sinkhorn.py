@@ -1,0 +1,41 @@
+"""The numpy Sinkhorn used at inference is bitwise the plain-PyTorch reference, and the model falls back to the
+reference wherever the fast path could differ (gradients, n > 4)."""
+import pytest
+import torch
+
+import dsv4.model.hyper as hyper
+from tiny_models import random_model
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("iters", [1, 2, 20])
+def test_numpy_sinkhorn_is_bitwise_the_reference(n, iters):
+    g = torch.Generator().manual_seed(n * 100 + iters)
+    for shape, scale in [((8, 1), 1.0), ((2, 37), 3.0), ((1, 5), 20.0), ((3, 2), 1e-3)]:
+        logits = torch.randn(*shape, n, n, generator=g) * scale
+        assert torch.equal(hyper.sinkhorn_numpy(logits, iters, 1e-6), hyper.sinkhorn(logits, iters, 1e-6))
+
+
+def test_the_fast_path_is_skipped_where_it_could_differ(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hyper, "sinkhorn_numpy", lambda *a: calls.append(a) or hyper.sinkhorn(*a))
+    wide = torch.randn(2, 1, 5, 5)
+    assert torch.equal(hyper.fast_sinkhorn(wide, 20, 1e-6), hyper.sinkhorn(wide, 20, 1e-6)) and not calls
+    leaf = torch.randn(2, 1, 4, 4, requires_grad=True)
+    hyper.fast_sinkhorn(leaf, 20, 1e-6).sum().backward()
+    assert leaf.grad is not None and not calls
+    hyper.fast_sinkhorn(leaf.detach().double(), 20, 1e-6)
+    assert not calls
+    hyper.fast_sinkhorn(leaf.detach(), 20, 1e-6)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("hc_mult", [2, 4])
+def test_inference_logits_equal_the_reference_sinkhorn_exactly(monkeypatch, hc_mult):
+    model = random_model(hc_mult=hc_mult, seed=4)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = model(ids)
+        monkeypatch.setattr(hyper, "fast_sinkhorn", hyper.sinkhorn)
+        reference = model(ids)
+    assert torch.equal(fast, reference)
