@@ -51,7 +51,7 @@ def write_checkpoint(path: str | Path, config: dict, entries: list[Entry], sourc
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     with atomic_path(path) as tmp, tqdm(total=len(entries), desc=f"writing {Path(path).name}", unit="tensor",
                                         disable=None) as bar:
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         (tmp / "config.json").write_text(json.dumps(checkpoint_config(config, recipe), indent=2))
         if recipe.name not in OFFICIAL and recipe.name != "BF16":
             (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": recipe.name}))
