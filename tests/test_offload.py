@@ -11,7 +11,6 @@ from dsv4.offload import ExpertBudgetError, OffloadConfig, offload_stats, parse_
 from dsv4.offload.install import module_bytes
 from dsv4.offload.stats import OffloadStats
 from dsv4.offload.store import ExpertStore
-from dsv4.weights.checkpoint import Checkpoint
 from dsv4.weights.writer import save_model
 from tiny_models import random_model
 

@@ -51,6 +51,7 @@ def test_metrics_expose_the_expert_cache_of_an_offloaded_model(checkpoint):
         text = httpx.get(f"{server.url}/metrics").text
     values = {m[1]: float(m[2]) for m in re.finditer(r"^dsv4_(expert_\w+) (\S+)$", text, re.M)}
     assert values["expert_cache_lookups_total"] > 0
-    assert values["expert_cache_hits_total"] + values["expert_cache_misses_total"] == values["expert_cache_lookups_total"]
+    hits, misses = values["expert_cache_hits_total"], values["expert_cache_misses_total"]
+    assert hits + misses == values["expert_cache_lookups_total"]
     assert values["expert_bytes_read_total"] > 0 and 0 < values["expert_cache_bytes"] <= budget
     assert values["expert_cache_budget_bytes"] == budget

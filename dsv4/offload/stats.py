@@ -43,6 +43,6 @@ class OffloadStats:
         d = self.as_dict()
         per_token = d["bytes_read"] / tokens if tokens else 0.0
         return (f"experts: {d['lookups']} lookups, {d['hit_rate']:.1%} hits, {d['misses']} read from disk "
-                f"({d['bytes_read'] / 1e6:.1f} MB, {per_token / 1e6:.2f} MB/token), cache {d['resident_bytes'] / 1e6:.1f}"
-                f" of {d['budget'] / 1e6:.1f} MB; read {d['read_seconds']:.2f} s, build {d['build_seconds']:.2f} s, "
+                f"({d['bytes_read'] / 1e6:.1f} MB, {per_token / 1e6:.2f} MB/token), "
+                f"cache {d['resident_bytes'] / 1e6:.1f} of {d['budget'] / 1e6:.1f} MB; read {d['read_seconds']:.2f} s, build {d['build_seconds']:.2f} s, "
                 f"forward waited {d['wait_seconds']:.2f} s")
