@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from dsv4.model.transformer import Transformer, cast_model
-from torch import nn
-
 from dsv4.offload import OffloadConfig, offload_experts
 from dsv4.quant import Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
