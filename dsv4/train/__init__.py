@@ -2,12 +2,12 @@
 
 Workflow (the demo model; `demo_model.py` has its architecture):
 
-    dsv4 train-data --out runs/demo/tasks.jsonl --n 60000 --seed 0 --chat 0.3 --think 0.55 --tools 0.15
+    dsv4 train-data --out runs/demo/tasks.jsonl --n 100000 --seed 0 --chat 0.25 --think 0.6 --tools 0.15
     torchrun --nproc-per-node 2 -m dsv4.cli train --data runs/demo/tasks.jsonl --out runs/demo --model demo \\
-        --resume --steps 1000 --batch-size 16 --micro-batch 8 --seq-len 512 --lr 3e-3 --warmup 50 \\
-        --eval-every 100 --ckpt-every 10 --log-every 10
-    dsv4 train-export runs/demo/ckpt.pt MODEL_DIR          # official FP8/FP4 layout
-    dsv4 eval --model MODEL_DIR --seed 1 --json              # held-out tasks (training used seed 0)
+        --seed 0 --resume --steps 950 --batch-size 16 --micro-batch 8 --seq-len 512 --lr 1e-2 --warmup 30 \\
+        --eval-every 475 --ckpt-every 25 --log-every 10
+    dsv4 train-export runs/demo/ckpt.pt dsv4/assets/demo --recipe FP4-FP8EH   # official FP8/FP4 layout
+    dsv4 eval --seed 1 --json              # held-out tasks: the test split, whose inputs training never saw
 
 Modules: tasks / task_words / task_messages / calculator / grading (the synthetic tasks), task_data (tasks as
 chat records), data (documents, masks, packing, batches), vocab (compact training vocabulary), initialization,
