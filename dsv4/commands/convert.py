@@ -16,7 +16,7 @@ from dsv4.weights.gguf_export import GGUFExportError
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert a checkpoint to a quantization recipe or to GGUF",
                               description=__doc__)
-    p.add_argument("src", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or a .gguf file written by dsv4")
     p.add_argument("dst", help="new directory, or a .gguf file (must not exist)")
     p.add_argument("--recipe", required=True, choices=list(RECIPES), help="weight format of each tensor group")
     p.set_defaults(func=run)
