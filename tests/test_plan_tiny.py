@@ -33,9 +33,15 @@ def test_kept_tensors_are_counted_at_their_on_disk_precision():
 
 
 def test_a_recipe_whose_blocks_do_not_divide_a_shape_is_refused_by_tensor_name():
-    inv = tensor_inventory(ModelConfig.preset("tiny"))
-    with pytest.raises(PlanError, match=r"recipe Q4_K_M: tensor embed\.weight \[512, 64\].*q4_k.*256"):
-        [tensor_bytes(t, get_recipe("Q4_K_M")) for t in inv]
+    inv = tensor_inventory(ModelConfig(**{**ModelConfig.preset("tiny").__dict__, "moe_intermediate_size": 48}))
+    with pytest.raises(PlanError, match=r"recipe Q8_0: tensor layers\.0\.ffn\.experts\.0\.w2\.weight \[64, 48\]"
+                                        r".*q8_0.*32"):
+        [tensor_bytes(t, get_recipe("Q8_0")) for t in inv]
+
+
+def test_k_quant_rows_that_do_not_tile_256_are_planned_at_llama_cpp_substitutes():
+    embed = next(t for t in tensor_inventory(ModelConfig.preset("tiny")) if t.name == "embed.weight")  # [512, 64]
+    assert tensor_bytes(embed, get_recipe("Q4_K_M")) == 512 * 64 // 32 * 22  # q5_0: 22 bytes per 32 weights
 
 
 def test_hottest_items_take_the_fastest_tier_and_whole_units():

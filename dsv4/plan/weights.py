@@ -100,7 +100,7 @@ def tensor_bytes(t: TensorInfo, recipe: Recipe) -> int:
     """Stored bytes of one tensor under `recipe`, quantization scales included."""
     if t.group == KEPT:
         return t.numel * kept_itemsize(t)
-    fmt = recipe.format_of(t.group)
+    fmt = recipe.format_of(t.group, t.shape[-1])
     if fmt in PLAIN:
         return t.numel * PLAIN[fmt].itemsize
     codec = get_codec(fmt)
@@ -114,7 +114,7 @@ def tensor_bytes(t: TensorInfo, recipe: Recipe) -> int:
 def memory_bytes(t: TensorInfo, recipe: Recipe) -> int:
     """Bytes of one tensor in the loaded model: quantized buffers as stored, integers at their dtype, float tensors
     at 4 bytes (fp32 islands) or the model's bf16."""
-    quantized = t.group != KEPT and recipe.format_of(t.group) not in PLAIN and not t.held_float
+    quantized = t.group != KEPT and recipe.format_of(t.group, t.shape[-1]) not in PLAIN and not t.held_float
     if quantized:
         return tensor_bytes(t, recipe)
     if not t.dtype.is_floating_point:

@@ -30,16 +30,25 @@ class Recipe:
                 raise UnknownFormatError(f"recipe {self.name}: group {group} has unknown format {fmt!r}; "
                                          f"valid formats: {', '.join(FORMATS)}")
 
-    def format_of(self, group: str) -> str:
+    def format_of(self, group: str, row_length: int | None = None) -> str:
+        """Format of `group`'s matrices; with `row_length` (a matrix's in_features), a K-quant that cannot tile
+        the row gets its KQUANT_FALLBACK instead."""
         if group not in GROUPS:
             raise UnknownFormatError(f"recipe {self.name}: unknown group {group!r}; groups: {', '.join(GROUPS)}")
-        return getattr(self, group)
+        fmt = getattr(self, group)
+        if row_length is not None and fmt in KQUANT_FALLBACK and row_length % QK_K:
+            return KQUANT_FALLBACK[fmt]
+        return fmt
 
     def bytes_per_weight(self, group: str) -> float:
         """Storage bytes per weight of `group` under this recipe (for the memory planner)."""
         return bytes_per_weight(self.format_of(group))
 
 
+QK_K = 256  # K-quant super-block: rows must be a whole number of them
+# What llama.cpp stores instead when a row is not (llama_tensor_get_type: Q2_K/Q3_K -> IQ4_NL, Q4_K -> Q5_0,
+# Q5_K -> Q5_1, Q6_K -> Q8_0). Without IQ4_NL and Q5_1 we take their nearest sizes: q4_0 (4.5 bits), q5_0 (5.5).
+KQUANT_FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_0", "q6_k": "q8_0"}
 GROUPS = tuple(f.name for f in fields(Recipe) if f.name != "name")
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("BF16", "bf16", "bf16", "bf16", "bf16", "bf16"),

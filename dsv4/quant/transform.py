@@ -71,12 +71,13 @@ def _swap(model: nn.Module, recipe: Recipe | str, quantize: bool) -> nn.Module:
         if not isinstance(module, (nn.Linear, nn.Embedding)):
             continue
         group = classify(name)
-        if group is None or recipe.format_of(group) in PLAIN or any(re.fullmatch(p, name) for p in FLOAT_IN_MEMORY):
+        fmt = None if group is None else recipe.format_of(group, module.weight.shape[-1])
+        if fmt is None or fmt in PLAIN or any(re.fullmatch(p, name) for p in FLOAT_IN_MEMORY):
             continue
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, _replacement(module, recipe.format_of(group), name, quantize))
-    fmt = recipe.format_of("routed_expert")
+        setattr(model.get_submodule(parent_name), attr, _replacement(module, fmt, name, quantize))
     for name, param in list(model.named_parameters()):
+        fmt = recipe.format_of("routed_expert", param.shape[-1])
         if fmt not in PLAIN and re.fullmatch(STACKED_EXPERTS, name):
             owner_name, _, attr = name.rpartition(".")
             owner = model.get_submodule(owner_name)

@@ -59,10 +59,11 @@ def official_recipe(cfg: ModelConfig) -> Recipe:
     return get_recipe("FP8" if cfg.expert_dtype == "fp8" else "FP4")
 
 
-def matrix_format(name: str, recipe: Recipe) -> str:
-    """Format of the weight of module `name`: the recipe's for its group, bf16 for the KEEP table (spec 1.4)."""
+def matrix_format(name: str, recipe: Recipe, row_length: int) -> str:
+    """Format of the weight of module `name` with rows of `row_length`: the recipe's for its group (a K-quant's
+    fallback where rows do not tile), bf16 for the KEEP table (spec 1.4)."""
     group = classify(name)
-    return "bf16" if group is None else recipe.format_of(group)
+    return "bf16" if group is None else recipe.format_of(group, row_length)
 
 
 def plan(model: nn.Module, recipe: Recipe) -> list[Entry]:
@@ -70,7 +71,7 @@ def plan(model: nn.Module, recipe: Recipe) -> list[Entry]:
     entries, seen = [], set()
     for mod_name, mod in model.named_modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
-            entries.append(Entry(mod_name, tuple(mod.weight.shape), matrix_format(mod_name, recipe)))
+            entries.append(Entry(mod_name, tuple(mod.weight.shape), matrix_format(mod_name, recipe, mod.weight.shape[-1])))
             seen.add(f"{mod_name}.weight")
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if name not in seen:

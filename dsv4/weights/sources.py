@@ -72,7 +72,7 @@ class CheckpointSource:
                                       "nor packed FP4 (int8)")
             return _SCALED[dtype]
         if self.ckpt.recipe is not None:
-            return matrix_format(entry.name, self.ckpt.recipe)
+            return matrix_format(entry.name, self.ckpt.recipe, entry.shape[-1])
         if not dtype.is_floating_point or dtype.itemsize == 1:
             raise CheckpointError(f"tensor {weight!r}: quantized dtype {dtype} but no {entry.name}.scale and no "
                                   "quantization.json naming a recipe")
@@ -105,7 +105,7 @@ class CheckpointSource:
 class _AnyRecipe:
     """Stand-in recipe for planning a checkpoint of unknown formats: `CheckpointSource._format` decides each."""
 
-    def format_of(self, group: str) -> str:
+    def format_of(self, group: str, row_length: int | None = None) -> str:
         return FLOAT
 
 
