@@ -109,11 +109,15 @@ def weight_bytes(model: torch.nn.Module) -> int:
 def measure(path: str, recipe: str, held_out: str) -> None:
     """(Child process.) Load `path` under `recipe`; print the weight bytes and save held-out logits."""
     from dsv4 import load_model
-    model = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe)
+    from dsv4.quant.errors import QuantShapeError
+    try:
+        model, dequantized = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe), False
+    except QuantShapeError:  # fp8 GEMMs quantise activations per 128: narrower inputs load dequantized (same weights)
+        model, dequantized = load_model(path, dtype=torch.bfloat16, simulate_quant=False), True
     with torch.no_grad():
         logits = model(torch.load(held_out)[:, :-1])
     torch.save(logits, f"{held_out}.{recipe}.pt")
-    print(json.dumps({"weight_bytes": weight_bytes(model)}))
+    print(json.dumps({"weight_bytes": weight_bytes(model), "dequantized": dequantized}))
 
 
 def measure_empty() -> None:
@@ -209,12 +213,13 @@ def memory(recipes: list[str], model: str, work: Path) -> dict:
     return {"model": model, "config": MEMORY_MODELS[model], "fixed_overhead_bytes": fixed, "recipes": rows}
 
 
-def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """Mean per-token KL(ref || logits) and the perplexity of `logits` on `targets`."""
+def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
+    """Mean per-token KL(ref || logits) and the perplexity of `logits` on `targets`, over the positions `weights`
+    marks (1 = counted)."""
     lp, lq = F.log_softmax(ref.float(), -1), F.log_softmax(logits.float(), -1)
-    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
-    ppl = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).exp().item()
-    return kl, ppl
+    kl = ((lp.exp() * (lp - lq)).sum(-1) * weights).sum().item() / weights.sum().item()
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return kl, (nll * weights.flatten()).sum().div(weights.sum()).exp().item()
 
 
 def run_recipe(model_dir: Path, recipe: str, work: Path, held_out: Path) -> dict:
@@ -229,27 +234,52 @@ def run_recipe(model_dir: Path, recipe: str, work: Path, held_out: Path) -> dict
     return row
 
 
-def quality_part(recipes: list[str], steps: int, out: Path) -> dict:
-    """The quality table (KL and perplexity against BF16, disk and weight bytes) on the small trained model."""
-    model_dir = train(steps, out)
+def chat_rows(n_rows: int, row_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out (test-split) task conversations in thinking mode, V4 chat template and tokenizer: ids [n, row_len]
+    and a mask [n, row_len] of the assistant tokens (what the model learned to write)."""
+    from dsv4.chat import load_tokenizer
+    from dsv4.train.data import chat_document
+    from dsv4.train.task_data import task_record
+
+    tokenizer, ids, mask = load_tokenizer(), [], []
+    for t in generate_tasks(20 * n_rows, seed=99, split="test"):
+        doc = chat_document(task_record(t, "think"), tokenizer)
+        ids, mask = ids + doc.ids, mask + doc.mask
+        if len(ids) >= n_rows * row_len:
+            break
+    return (torch.tensor(ids[: n_rows * row_len]).view(n_rows, row_len),
+            torch.tensor(mask[: n_rows * row_len], dtype=torch.float32).view(n_rows, row_len))
+
+
+def quality_part(recipes: list[str], steps: int, out: Path, model: Path | None = None) -> dict:
+    """The quality table (KL and perplexity against BF16, disk and weight bytes): on `model` (a BF16 checkpoint
+    with the V4 tokenizer's vocabulary, e.g. the demo model exported with --recipe BF16) over held-out chat
+    conversations, else on the small byte-level model trained here."""
+    model_dir = model if model is not None else train(steps, out)
     work = out / "quality_work"
     held_out = work / "held_out.pt"
-    torch.save(byte_rows(40, seed=99)[:4], held_out)
-    targets = torch.load(held_out)[:, 1:]
+    rows, mask = chat_rows(4, 257) if model is not None else (byte_rows(40, seed=99)[:4], None)
+    torch.save(rows, held_out)
+    targets = rows[:, 1:]
+    weights = torch.ones(targets.shape) if mask is None else mask[:, 1:]
     rows = {r: run_recipe(model_dir, r, work, held_out) for r in ["BF16", *[r for r in recipes if r != "BF16"]]}
     ref = torch.load(f"{held_out}.BF16.pt")
     for r, row in rows.items():
-        row["kl"], row["ppl"] = quality(ref, torch.load(f"{held_out}.{r}.pt"), targets)
+        row["kl"], row["ppl"] = quality(ref, torch.load(f"{held_out}.{r}.pt"), targets, weights)
         print(f"{r:10s} disk {row['disk_bytes'] / 1e6:6.2f} MB  weights {row['weight_bytes'] / 1e6:6.2f} MB  "
               f"KL {row['kl']:.5f}  ppl {row['ppl']:.3f}", flush=True)
-    return {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text",
-            "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows, "model": MODEL}
+    return {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text"
+                      + (" (assistant tokens of chat conversations)" if model is not None else ""),
+            "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows,
+            "model": str(model) if model is not None else MODEL}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=["quality", "memory"], default=["quality", "memory"])
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--model", type=Path, help="quality part on this BF16 checkpoint (e.g. `dsv4 train-export "
+                    "runs/demo/ckpt.pt runs/demo/bf16 --recipe BF16`) instead of training a small one")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
     ap.add_argument("--memory-model", choices=list(MEMORY_MODELS), default="250M")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -267,7 +297,7 @@ def main() -> None:
     results = args.out / "quant_quality.json"
     result = json.loads(results.read_text()) if results.exists() else {}
     if "quality" in args.parts:
-        result |= quality_part(args.recipes, args.steps, args.out)
+        result |= quality_part(args.recipes, args.steps, args.out, args.model)
     if "memory" in args.parts:
         result["memory"] = memory(args.recipes, args.memory_model, args.out / "quality_work")
     tmp = results.with_suffix(".json.partial")
