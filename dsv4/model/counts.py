@@ -1,4 +1,5 @@
 """Parameter counts of a config, by building the model on the meta device (no memory is allocated)."""
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +20,17 @@ def parameter_counts(cfg: ModelConfig) -> ParamCounts:
 
     with torch.device("meta"):
         model = Transformer(cfg)
-    main = {n: p.numel() for n, p in model.named_parameters() if not n.startswith("mtp.")}
+    return counts_from_numels(cfg, ((n, p.numel()) for n, p in model.named_parameters()))
+
+
+def counts_from_numels(cfg: ModelConfig, numels: Iterable[tuple[str, int]]) -> ParamCounts:
+    """ParamCounts from (parameter name, element count) pairs named as `Transformer.named_parameters()` names them."""
+    numels = dict(numels)
+    main = {n: v for n, v in numels.items() if not n.startswith("mtp.")}
     routed = sum(v for n, v in main.items() if ".ffn.experts." in n)
     per_token_routed = cfg.num_hidden_layers * cfg.num_experts_per_tok * 3 * cfg.hidden_size * cfg.moe_intermediate_size
     embedding = main["embed.weight"]
     total = sum(main.values())
     active = total - routed + per_token_routed - embedding
-    mtp = sum(p.numel() for n, p in model.named_parameters() if n.startswith("mtp."))
+    mtp = sum(v for n, v in numels.items() if n.startswith("mtp."))
     return ParamCounts(total, mtp, active, active + embedding)

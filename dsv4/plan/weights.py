@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dsv4.config import ModelConfig
-from dsv4.model.counts import ParamCounts
+from dsv4.model.counts import ParamCounts, counts_from_numels
 from dsv4.quant.codecs import PLAIN, get_codec
 from dsv4.quant.recipes import Recipe
 from dsv4.quant.transform import FLOAT_IN_MEMORY, classify
@@ -57,10 +57,6 @@ class TensorInfo:
     def mtp(self) -> bool:
         return self.name.startswith("mtp.")
 
-    @property
-    def routed(self) -> bool:
-        return self.group == "routed_expert"
-
 
 def tensor_inventory(cfg: ModelConfig) -> list[TensorInfo]:
     """Every tensor of the checkpoint of `cfg`, from the model built once on the meta device (no memory allocated;
@@ -78,15 +74,8 @@ def tensor_inventory(cfg: ModelConfig) -> list[TensorInfo]:
 
 
 def count_parameters(cfg: ModelConfig, inventory: list[TensorInfo]) -> ParamCounts:
-    """`model.counts.parameter_counts` from an inventory (no second meta build): active = all but the unselected
-    routed experts (every expert the same size) and the input embedding."""
-    main = [t for t in inventory if t.parameter and not t.mtp]
-    total = sum(t.numel for t in main)
-    routed = sum(t.numel for t in main if t.routed)
-    embedding = sum(t.numel for t in main if t.group == "embed")
-    active = total - routed + routed * cfg.num_experts_per_tok // cfg.n_routed_experts - embedding
-    mtp = sum(t.numel for t in inventory if t.parameter and t.mtp)
-    return ParamCounts(total, mtp, active, active + embedding)
+    """`model.counts.parameter_counts` from an inventory (no second meta build)."""
+    return counts_from_numels(cfg, ((t.name, t.numel) for t in inventory if t.parameter))
 
 
 def kept_itemsize(t: TensorInfo) -> int:
