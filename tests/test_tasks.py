@@ -255,3 +255,21 @@ def test_every_reasoning_step_is_true_arithmetic_on_small_operands(kind):
         if kind in ("add", "mul"):
             column = re.findall(r"(?:Ones|Tens): (\d+) [+*] (\d+)", t.reasoning)
             assert len(column) == 2 and all(int(x) < 10 for pair in column for x in pair), t
+
+
+def test_kind_weights_shift_the_mix_and_zero_removes_a_kind():
+    from collections import Counter
+
+    from dsv4.train.tasks import parse_kind_weights
+    weights = parse_kind_weights("sort=4, convert=0")
+    assert weights == {"sort": 4.0, "convert": 0.0}
+    counts = Counter(t.kind for t in generate_tasks(3000, seed=8, weights=weights))
+    assert counts["convert"] == 0
+    expected_sort = 3000 * 4 / (4 + len(KINDS) - 2)           # sort 4, convert 0, the other 7 kinds 1 each
+    assert abs(counts["sort"] - expected_sort) < 4 * (expected_sort ** 0.5)
+    assert generate_tasks(50, seed=8, weights=weights) == generate_tasks(50, seed=8, weights=weights)
+    for bad in ("sort=-1", "sort", "sort=x", "bogus=2"):
+        with pytest.raises(UnknownKindError):
+            parse_kind_weights(bad)
+    with pytest.raises(UnknownKindError):
+        generate_tasks(5, seed=8, weights={k: 0.0 for k in KINDS})

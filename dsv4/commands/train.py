@@ -17,6 +17,7 @@ from dsv4.train.distributed import init_world
 from dsv4.train.loop import CHECKPOINT, load_trained_model, plot_history, train
 from dsv4.train.plot import PlotError
 from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
+from dsv4.train.tasks import UnknownKindError, parse_kind_weights
 from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
@@ -45,6 +46,8 @@ def register(subparsers) -> None:
     d.add_argument("--seed", type=int, default=0)
     for mode, weight in DEFAULT_MIX.items():
         d.add_argument(f"--{mode}", type=float, default=weight, help=f"share of {mode} mode (default {weight})")
+    d.add_argument("--kind-weights", type=_kind_weights, default=None, metavar="KIND=W,...",
+                   help="relative share of task kinds, e.g. sort=2,expr=2 (unlisted kinds: 1; default uniform)")
     d.set_defaults(func=run_data)
 
     e = subparsers.add_parser("train-export", help="write a training checkpoint as an official-format model dir")
@@ -75,8 +78,16 @@ def _plot(history: list[dict], path: Path, title: str) -> None:
         print(f"dsv4 train: no loss plot: {e}", file=sys.stderr)
 
 
+def _kind_weights(text: str) -> dict[str, float]:
+    try:
+        return parse_kind_weights(text)
+    except UnknownKindError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def run_data(args: argparse.Namespace) -> int:
-    records = task_records(args.n, args.seed, {"chat": args.chat, "think": args.think, "tools": args.tools})
+    mix = {"chat": args.chat, "think": args.think, "tools": args.tools}
+    records = task_records(args.n, args.seed, mix, args.kind_weights)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} records to {args.out}")
     return 0

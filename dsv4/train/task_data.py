@@ -33,13 +33,14 @@ def _check_mix(mix: Mapping[str, float]) -> None:
         raise ModeError(f"mix must map modes {MODES} to non-negative weights with a positive sum, found {dict(mix)}")
 
 
-def task_records(n: int, seed: int, mix: Mapping[str, float] = DEFAULT_MIX) -> list[dict]:
-    """n records from the train split of `generate_tasks(n, seed)`; task i's mode is drawn from mix by its own
-    stream (seed, i)."""
+def task_records(n: int, seed: int, mix: Mapping[str, float] = DEFAULT_MIX,
+                 kind_weights: Mapping[str, float] | None = None) -> list[dict]:
+    """n records from the train split of `generate_tasks(n, seed, weights=kind_weights)`; task i's mode is drawn
+    from mix by its own stream (seed, i)."""
     _check_mix(mix)
     modes, weights = list(mix), list(mix.values())
     return [task_record(task, random.Random(f"dsv4-task-modes/{seed}/{i}").choices(modes, weights)[0])
-            for i, task in enumerate(generate_tasks(n, seed, split="train"))]
+            for i, task in enumerate(generate_tasks(n, seed, split="train", weights=kind_weights))]
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:

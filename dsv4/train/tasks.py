@@ -9,7 +9,7 @@ import hashlib
 import json
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -238,24 +238,50 @@ def split_of(task: Task) -> str:
     return "test" if int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % TEST_SHARE == 0 else "train"
 
 
-def generate_tasks(n: int, seed: int, kinds: Sequence[str] | None = None, split: str | None = None) -> list[Task]:
+def parse_kind_weights(text: str) -> dict[str, float]:
+    """"sort=2,expr=1.5" -> {"sort": 2.0, "expr": 1.5}; every other kind keeps weight 1 (see generate_tasks)."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            weights[kind.strip()] = float("nan")
+        if not weights[kind.strip()] >= 0:
+            raise UnknownKindError(f"kind weight {item!r} is not KIND=WEIGHT with a weight >= 0")
+    _check_kinds(tuple(weights))
+    return weights
+
+
+def _check_kinds(kinds: tuple[str, ...]) -> None:
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise UnknownKindError(f"kinds must be a non-empty subset of {sorted(KINDS)}, found {list(kinds)}")
+
+
+def generate_tasks(n: int, seed: int, kinds: Sequence[str] | None = None, split: str | None = None,
+                   weights: Mapping[str, float] | None = None) -> list[Task]:
     """n tasks, kinds drawn uniformly from `kinds` (default: all of KINDS). Deterministic in (seed, index).
 
     split: "train" or "test" keeps only tasks of that split (`split_of`), redrawing from the task's own stream;
-    None keeps every task.
+    None keeps every task. weights: relative draw weight per kind (missing kinds: 1), e.g. more of the kinds a
+    model finds hard; None draws uniformly (and keeps the uniform streams' tasks unchanged).
     """
     chosen = tuple(KINDS) if kinds is None else tuple(kinds)
-    unknown = [k for k in chosen if k not in KINDS]
-    if unknown or not chosen:
-        raise UnknownKindError(f"kinds must be a non-empty subset of {sorted(KINDS)}, found {list(chosen)}")
+    _check_kinds(chosen)
     if n < 0:
         raise ValueError(f"n must be >= 0, found {n}")
     if split not in (None, *SPLITS):
         raise ValueError(f"split must be one of {SPLITS} or None, found {split!r}")
+    if weights is not None:
+        _check_kinds(tuple(weights) or chosen)
+        draw = [float(weights.get(k, 1.0)) for k in chosen]
+        if any(not w >= 0 for w in draw) or sum(draw) <= 0:
+            raise UnknownKindError(f"kind weights must be >= 0 with a positive sum, found {dict(weights)}")
     tasks = []
     for i in range(n):
         rng = random.Random(f"dsv4-tasks/{seed}/{i}")
-        kind = chosen[rng.randrange(len(chosen))]
+        kind = chosen[rng.randrange(len(chosen))] if weights is None else rng.choices(chosen, draw)[0]
         task = KINDS[kind].generate(rng)
         while split is not None and split_of(task) != split:
             task = KINDS[kind].generate(rng)
