@@ -82,6 +82,11 @@ class Tokenizer:
         """Text of `ids`; keeps `<think>`, `</think>` and DSML markup (never flagged special)."""
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    @property
+    def added_ids(self) -> frozenset[int]:
+        """Ids of the added tokens (BOS/EOS, `<think>`, DSML, reserved placeholders): control, never plain text."""
+        return frozenset(self._added_ids)
+
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
 

@@ -59,6 +59,9 @@ class Engine:
             raise EngineError(f"prompt: token ids must lie in [0, {vocab}), found {min(prompt)}..{max(prompt)}")
         if len(prompt) >= self.context:
             raise ContextLengthError(len(prompt), self.context)
+        if params.grammar is not None and params.grammar.vocab_size != vocab:
+            raise EngineError(f"grammar: built for a vocabulary of {params.grammar.vocab_size} ids, "
+                              f"the model has {vocab}")
         return Sequence(list(prompt), params, in_reasoning=in_reasoning)
 
     def enqueue(self, seq: Sequence) -> Sequence:
@@ -130,7 +133,8 @@ class Engine:
 
     def _choose(self, seq: Sequence, logits) -> TokenEvent:
         """Sample and record one token from logits [V]; the event carries the finish reason it causes."""
-        s = sample(logits, seq.params, seq.generator, seq.prompt, seq.output, forced=seq.forced_token())
+        s = sample(logits, seq.params, seq.generator, seq.prompt, seq.output, forced=seq.forced_token(),
+                   constraint=seq.active_constraint())
         reason = seq.append(s.token, self.config.eos_ids, self.context)
         return TokenEvent(seq.seq_id, s.token, s.logprob, s.top_logprobs, reason)
 

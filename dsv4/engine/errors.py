@@ -13,6 +13,14 @@ class SamplingError(EngineError):
         super().__init__(f"{field}: expected {expected}, found {found!r}")
 
 
+class GrammarError(SamplingError):
+    """A grammar (JSON schema) the compiler cannot build: malformed or unsupported; `field` names it."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        EngineError.__init__(self, f"{field}: expected a JSON schema the grammar compiler supports; {reason}")
+
+
 class ContextLengthError(EngineError):
     """The prompt does not fit the model's context window."""
 

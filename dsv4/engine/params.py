@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dsv4.engine.errors import SamplingError
+
+if TYPE_CHECKING:
+    from dsv4.engine.grammar import Grammar
 
 MAX_TOP_LOGPROBS = 20
 
@@ -17,6 +21,8 @@ class SamplingParams:
     reasoning_budget: after this many tokens inside an open think block the engine emits `end_think_id` itself.
     answer_prefix: ids the answer must start with (after the think block), emitted by the engine, e.g. the
         opening of a tool-call block for `tool_choice: required`.
+    grammar: the answer (after the think block) must match it (`grammar.compile_grammar`); the sequence ends
+        when the grammar is complete. Not together with answer_prefix.
     """
 
     max_tokens: int = 256
@@ -34,6 +40,7 @@ class SamplingParams:
     reasoning_budget: int | None = None
     end_think_id: int | None = None
     answer_prefix: tuple[int, ...] = ()
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         _check("max_tokens", self.max_tokens >= 1, "an integer >= 1", self.max_tokens)
@@ -50,6 +57,8 @@ class SamplingParams:
                self.top_logprobs)
         budget_ok = self.reasoning_budget is None or (self.reasoning_budget >= 0 and self.end_think_id is not None)
         _check("reasoning_budget", budget_ok, "an integer >= 0 (with end_think_id set)", self.reasoning_budget)
+        _check("grammar", self.grammar is None or not self.answer_prefix, "no grammar together with an answer_prefix",
+               self.answer_prefix)
 
     @property
     def greedy(self) -> bool:

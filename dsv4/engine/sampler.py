@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dsv4.engine.grammar import Constraint
 from dsv4.engine.params import SamplingParams
 
 
@@ -63,12 +64,15 @@ def filter_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator, prompt: list[int],
-           output: list[int], forced: int | None = None) -> Sample:
-    """Pick the next token from logits [V] (fp32). `forced` overrides the choice (e.g. closing a think block)."""
+           output: list[int], forced: int | None = None, constraint: Constraint | None = None) -> Sample:
+    """Pick the next token from logits [V] (fp32). `forced` overrides the choice (e.g. closing a think block);
+    `constraint` forbids the tokens its grammar does not allow next (before temperature and the filters)."""
     if forced is not None:
         token = forced
     else:
         penalised = apply_penalties(logits, params, prompt, output)
+        if constraint is not None:
+            constraint.mask_(penalised)
         if params.greedy:
             token = int(penalised.argmax())
         else:

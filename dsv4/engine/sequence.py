@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dsv4.cache import ModelCache
+from dsv4.engine.grammar import Constraint
 from dsv4.engine.params import SamplingParams
 from dsv4.engine.sampler import make_generator
 
@@ -42,7 +43,8 @@ class Sequence:
 
     `num_cached` prompt tokens are in the cache (prefix reuse + prefill so far); `cached_prompt` counts those
     taken from the prefix cache. `in_reasoning`, `reasoning_tokens` and `answer_tokens` follow the think block
-    for the reasoning budget and the forced answer prefix.
+    for the reasoning budget and the forced answer prefix. `constraint` (from `params.grammar`) holds the
+    grammar's state over the answer tokens; the reasoning is free.
     """
 
     prompt: list[int]
@@ -59,9 +61,11 @@ class Sequence:
     draft: int | None = None
     finish_reason: str | None = None
     generator: torch.Generator = field(init=False)
+    constraint: Constraint | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.generator = make_generator(self.params.seed)
+        self.constraint = self.params.grammar.constraint() if self.params.grammar is not None else None
 
     @property
     def tokens(self) -> list[int]:
@@ -82,16 +86,23 @@ class Sequence:
             return self.params.end_think_id if budget is not None and self.reasoning_tokens >= budget else None
         return prefix[self.answer_tokens] if self.answer_tokens < len(prefix) else None
 
+    def active_constraint(self) -> Constraint | None:
+        """The grammar the next token must follow: none while reasoning."""
+        return None if self.in_reasoning else self.constraint
+
     def append(self, token: int, eos_ids: frozenset[int], context: int) -> str | None:
         """Record a generated token; return the finish reason it causes (None: go on)."""
         self.output.append(token)
+        constraint = self.active_constraint()
         if not self.in_reasoning:
             self.answer_tokens += 1
         elif token == self.params.end_think_id:
             self.in_reasoning = False
         else:
             self.reasoning_tokens += 1
-        if token in eos_ids or token in self.params.stop_token_ids:
+        if constraint is not None:
+            constraint.advance(token)
+        if token in eos_ids or token in self.params.stop_token_ids or (constraint is not None and constraint.done):
             return "stop"
         if len(self.output) >= self.params.max_tokens or len(self.tokens) >= context:
             return "length"

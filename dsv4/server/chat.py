@@ -4,12 +4,14 @@ Logprobs, when asked for, cover every generated token: reasoning, answer and too
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from dsv4.chat import ChatDelta, Tokenizer, merge_deltas
+from dsv4.engine import compile_grammar
 from dsv4.engine.text import ChatDecoder
 from dsv4.server import responses as R
 from dsv4.server.choices import Choice, streamed_choices, submit_choices, whole_choices
@@ -17,8 +19,8 @@ from dsv4.server.errors import APIError
 from dsv4.server.generation import Generation
 from dsv4.server.schemas import ChatRequest
 from dsv4.server.state import ServerState
-from dsv4.server.translate import (chat_prompt, chat_tools, forced_call_opening, sampling_params, stop_strings,
-                                   thinking_mode)
+from dsv4.server.translate import (answer_grammar, chat_prompt, chat_tools, forced_call_opening, sampling_params,
+                                   stop_strings, thinking_mode)
 
 
 @dataclass
@@ -66,8 +68,9 @@ class ChatRun:
         return R.finish_reason(choice.gen.finish_reason, has_calls, choice.decoder.stopped)
 
 
-def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
-    """Validate and submit every choice; raises API errors (400/404/413/429) before anything is streamed."""
+async def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
+    """Validate and submit every choice; raises API errors (400/404/413/429) before anything is streamed.
+    A grammar compiles in a worker thread: the first one per process builds the vocabulary (seconds)."""
     state.check_model(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, f"top_logprobs: needs logprobs=true, found logprobs={body.logprobs} with top_logprobs="
@@ -75,10 +78,12 @@ def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
     mode, tools = thinking_mode(body), chat_tools(body)
     prompt, ids = chat_prompt(body, state.tokenizer, mode, tools)
     budget = mode.budget if prompt.opens_reasoning else None
+    spec = answer_grammar(body, tools)
+    grammar = await asyncio.to_thread(compile_grammar, state.tokenizer, spec) if spec is not None else None
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs or 0, budget=budget,
                              end_think_id=state.tokenizer.end_think_id,
-                             answer_prefix=forced_call_opening(body, tools, state.tokenizer))
+                             answer_prefix=forced_call_opening(body, tools, state.tokenizer), grammar=grammar)
     stops = stop_strings(body)
 
     def submit(index, choice_params) -> ChatChoice:
@@ -127,7 +132,7 @@ async def choice_frames(run: ChatRun, choice: ChatChoice, request: Request) -> A
 
 
 async def chat_completions(state: ServerState, body: ChatRequest, request: Request):
-    run = start_chat(state, body)
+    run = await start_chat(state, body)
     frames = streamed_choices([choice_frames(run, c, request) for c in run.choices],
                               lambda: run.chunk([], usage=run.usage()) if run.body.include_usage else None)
     return await R.reply(body.stream, frames, lambda: chat_response(run, request))

@@ -3,13 +3,15 @@
 Thinking defaults to on (DeepSeek API). Every vendor's switch is honoured: `thinking.type`,
 `chat_template_kwargs.thinking|enable_thinking`, `reasoning_effort: "none"`, OpenRouter `reasoning.enabled`/
 `reasoning.effort`. OpenRouter `reasoning.max_tokens` is the reasoning budget; `reasoning.exclude` hides it.
+`response_format` json_object / json_schema constrains the answer by grammar (the reasoning stays free).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dsv4.chat import Prompt, Tokenizer, dsml, render_messages
-from dsv4.engine import SamplingParams
+from dsv4.engine import GrammarSpec, SamplingParams
+from dsv4.engine.grammar import Grammar
 from dsv4.server.errors import APIError
 from dsv4.server.schemas import ChatRequest, Sampling
 
@@ -70,6 +72,31 @@ def forced_call_opening(req: ChatRequest, tools: list[dict] | None, tokenizer: T
     return tuple(tokenizer.encode(text))
 
 
+def answer_grammar(req: ChatRequest, tools: list[dict] | None) -> GrammarSpec | None:
+    """The grammar `response_format` puts on the answer: json_object -> any JSON object, json_schema -> its
+    schema (strict: no properties beyond those named). None for text, and while tools are offered: the answer
+    may then be a tool call, so the format stays the prompt's instruction only."""
+    fmt = req.response_format
+    if not isinstance(fmt, dict) or fmt.get("type") == "text" or tools:
+        return None  # a malformed response_format is the chat layer's 400
+    if fmt.get("type") == "json_object":
+        return GrammarSpec()
+    if fmt.get("type") != "json_schema":
+        raise APIError(400, f"response_format.type: expected text, json_object or json_schema, found "
+                            f"{fmt.get('type')!r}", param="response_format.type")
+    where = "response_format.json_schema"
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        raise APIError(400, f'{where}: expected an object {{"name": ..., "schema": {{...}}}}, found {spec!r}',
+                       param=where)
+    schema = spec.get("schema")
+    if schema is None:
+        return GrammarSpec()
+    if not isinstance(schema, dict):
+        raise APIError(400, f"{where}.schema: expected a JSON schema object, found {schema!r}", param=f"{where}.schema")
+    return GrammarSpec.json_schema(schema, field=f"{where}.schema")
+
+
 def _function_name(obj: object) -> str | None:
     """`obj["function"]["name"]` of a tool or a named tool_choice; None for anything else."""
     function = obj.get("function") if isinstance(obj, dict) else None
@@ -92,7 +119,7 @@ def stop_strings(req: Sampling) -> list[str]:
 
 def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs: bool = False,
                     top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None,
-                    answer_prefix: tuple[int, ...] = ()) -> SamplingParams:
+                    answer_prefix: tuple[int, ...] = (), grammar: Grammar | None = None) -> SamplingParams:
     """Engine parameters; max_tokens defaults to the room left in the context (temperature, top_p: 1.0)."""
     given_max = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = given_max if given_max is not None else max(1, context - prompt_tokens)
@@ -100,4 +127,4 @@ def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs
                                           "frequency_penalty", "repetition_penalty") if getattr(req, k) is not None}
     return SamplingParams(max_tokens=max_tokens, seed=req.seed, stop_token_ids=tuple(req.stop_token_ids or ()),
                           logprobs=logprobs, top_logprobs=top_logprobs, reasoning_budget=budget,
-                          end_think_id=end_think_id, answer_prefix=answer_prefix, **given)
+                          end_think_id=end_think_id, answer_prefix=answer_prefix, grammar=grammar, **given)
