@@ -9,7 +9,8 @@ import torch
 import xgrammar as xgr
 
 from dsv4.chat import load_tokenizer
-from dsv4.engine import Engine, EngineConfig, GrammarError, GrammarSpec, SamplingParams, compile_grammar
+from dsv4.engine import (Engine, EngineConfig, GrammarError, GrammarSpec, SamplingError, SamplingParams,
+                         compile_grammar)
 from dsv4.engine.sampler import make_generator, sample
 from dsv4.server.run import BackgroundServer, make_state
 from tiny_models import random_model
@@ -124,6 +125,12 @@ def test_a_schema_the_compiler_rejects_is_a_grammar_error_naming_the_field(tok, 
     assert info.value.field == "response_format.json_schema.schema" and "[" not in str(info.value)
 
 
+def test_an_answer_prefix_the_grammar_rejects_is_refused(model, tok, grammar):
+    Engine(model).new_sequence(PROMPTS[0], SamplingParams(grammar=grammar, answer_prefix=tuple(tok.encode('{"'))))
+    with pytest.raises(SamplingError, match="^answer_prefix: expected ids the grammar accepts"):
+        Engine(model).new_sequence(PROMPTS[0], SamplingParams(grammar=grammar, answer_prefix=tuple(tok.encode("x"))))
+
+
 # --- over HTTP with the official client ---
 
 @pytest.fixture(scope="module")
@@ -176,3 +183,27 @@ def test_a_bad_or_unsupported_response_format_is_a_400(client, response_format, 
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, response_format=response_format)
     assert info.value.status_code == 400 and info.value.body["param"] == param and info.value.body["message"]
+
+
+PAINT = {"type": "function", "function": {"name": "paint", "parameters": SCHEMA}}
+NOW = {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "paint"}}])
+def test_a_forced_tool_choice_gives_calls_whose_arguments_match_the_schema(client, choice):
+    r = chat(client, tools=[NOW, PAINT], tool_choice=choice, parallel_tool_calls=False,
+             extra_body={"thinking": {"type": "disabled"}})
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0].function
+    if call.name == "now":
+        assert choice == "required" and json.loads(call.arguments) == {}
+    else:
+        assert call.name == "paint" and matches_schema(call.arguments)
+
+
+def test_a_tool_schema_the_compiler_rejects_is_a_400(client):
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, tools=[bad], tool_choice="required")
+    assert info.value.status_code == 400 and info.value.body["param"] == "tools"

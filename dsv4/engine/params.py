@@ -22,7 +22,7 @@ class SamplingParams:
     answer_prefix: ids the answer must start with (after the think block), emitted by the engine, e.g. the
         opening of a tool-call block for `tool_choice: required`.
     grammar: the answer (after the think block) must match it (`grammar.compile_grammar`); the sequence ends
-        when the grammar is complete. Not together with answer_prefix.
+        when the grammar is complete. An answer_prefix must be one the grammar accepts.
     """
 
     max_tokens: int = 256
@@ -57,8 +57,6 @@ class SamplingParams:
                self.top_logprobs)
         budget_ok = self.reasoning_budget is None or (self.reasoning_budget >= 0 and self.end_think_id is not None)
         _check("reasoning_budget", budget_ok, "an integer >= 0 (with end_think_id set)", self.reasoning_budget)
-        _check("grammar", self.grammar is None or not self.answer_prefix, "no grammar together with an answer_prefix",
-               self.answer_prefix)
 
     @property
     def greedy(self) -> bool:

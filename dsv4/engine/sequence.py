@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dsv4.cache import ModelCache
+from dsv4.engine.errors import SamplingError
 from dsv4.engine.grammar import Constraint
 from dsv4.engine.params import SamplingParams
 from dsv4.engine.sampler import make_generator
@@ -66,6 +67,9 @@ class Sequence:
     def __post_init__(self) -> None:
         self.generator = make_generator(self.params.seed)
         self.constraint = self.params.grammar.constraint() if self.params.grammar is not None else None
+        prefix = self.params.answer_prefix
+        if self.constraint is not None and prefix and not self.constraint.accepts(prefix):
+            raise SamplingError("answer_prefix", "ids the grammar accepts at the start of the answer", prefix)
 
     @property
     def tokens(self) -> list[int]:

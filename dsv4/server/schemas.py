@@ -61,6 +61,7 @@ class ChatRequest(Sampling):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True  # false: a forced tool-call block holds one call
     response_format: dict[str, Any] | None = None
     thinking: Thinking | None = None
     reasoning_effort: str | None = None

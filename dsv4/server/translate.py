@@ -62,7 +62,7 @@ def chat_tools(req: ChatRequest) -> list[dict] | None:
 
 def forced_call_opening(req: ChatRequest, tools: list[dict] | None, tokenizer: Tokenizer) -> tuple[int, ...]:
     """With `tool_choice` required or named, the answer starts with a tool-call block (and the named invoke);
-    the model writes the rest. No grammar: the arguments are still the model's own."""
+    the model writes the rest, under the tool-call grammar (`answer_grammar`)."""
     choice = req.tool_choice
     if not tools or choice in (None, "auto", "none"):
         return ()
@@ -73,11 +73,19 @@ def forced_call_opening(req: ChatRequest, tools: list[dict] | None, tokenizer: T
 
 
 def answer_grammar(req: ChatRequest, tools: list[dict] | None) -> GrammarSpec | None:
-    """The grammar `response_format` puts on the answer: json_object -> any JSON object, json_schema -> its
-    schema (strict: no properties beyond those named). None for text, and while tools are offered: the answer
-    may then be a tool call, so the format stays the prompt's instruction only."""
-    fmt = req.response_format
-    if not isinstance(fmt, dict) or fmt.get("type") == "text" or tools:
+    """The grammar the answer must follow. tool_choice required or named: a DSML block calling the offered
+    tools, arguments by their schemas. Else `response_format`: json_object -> any JSON object, json_schema ->
+    its schema (strict: no properties beyond those named); None for text, and while tools are offered with
+    tool_choice auto: the answer may then be a tool call, so the format stays the prompt's instruction only."""
+    if tools and req.tool_choice not in (None, "auto"):
+        return GrammarSpec.tool_calls(tools, req.tool_choice, parallel=req.parallel_tool_calls)
+    if tools:
+        return None
+    return _response_format_grammar(req.response_format)
+
+
+def _response_format_grammar(fmt: object) -> GrammarSpec | None:
+    if not isinstance(fmt, dict) or fmt.get("type") == "text":
         return None  # a malformed response_format is the chat layer's 400
     if fmt.get("type") == "json_object":
         return GrammarSpec()
