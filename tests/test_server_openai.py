@@ -223,9 +223,11 @@ def test_api_key_and_bounded_queue(model):
         assert httpx.get(f"{srv.url}/health").status_code == 200
 
 
-def test_a_queued_stream_hears_keep_alive_comments_then_its_answer(model):
+def test_a_queued_stream_hears_keep_alive_comments_then_its_answer(model, monkeypatch):
     state = make_state(model, model_name="tiny", config=EngineConfig(max_running=1))
     state.keepalive_s = 0.1
+    step = state.loop.engine.step  # 10 ms a step: the first answer holds its slot >= 2.4 s on any machine
+    monkeypatch.setattr(state.loop.engine, "step", lambda: (time.sleep(0.01), step())[1])
     with BackgroundServer(state) as srv:
         url = f"{srv.url}/v1/chat/completions"
         body = {"model": "tiny", "messages": HI, "max_tokens": 240, "stream": True}
@@ -238,24 +240,43 @@ def test_a_queued_stream_hears_keep_alive_comments_then_its_answer(model):
     assert ": keep-alive" in lines[:answer[0]] and lines[-1] == "data: [DONE]"
 
 
-def test_a_client_that_disconnects_cancels_its_generation(server):
+@pytest.fixture
+def watched_engine(server, monkeypatch):
+    """The server's engine with each step slowed by 10 ms (so a 200-token answer cannot finish before a client's
+    departure is noticed, however fast the machine) and every queued sequence recorded in `engine.queued`."""
     engine = server.state.loop.engine
+    queued, step, enqueue = [], engine.step, engine.enqueue
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.01), step())[1])
+    monkeypatch.setattr(engine, "enqueue", lambda seq: (queued.append(seq), enqueue(seq))[1])
+    monkeypatch.setattr(engine, "queued", queued, raising=False)
+    return engine
+
+
+def _first_queued(engine) -> object:
+    """The first sequence queued since the fixture started, waiting for the engine thread if need be."""
+    deadline = time.monotonic() + 10
+    while not engine.queued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.queued, "the request never reached the engine"
+    return engine.queued[0]
+
+
+def test_a_client_that_disconnects_cancels_its_generation(server, watched_engine):
     body = {"model": "tiny", "messages": HI, "max_tokens": 200, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
         next(r.iter_lines())
-        seq = next(iter(engine.sequences.values()))
+        seq = _first_queued(watched_engine)
     deadline = time.monotonic() + 10
     while not seq.finished and time.monotonic() < deadline:
         time.sleep(0.05)
     assert seq.finish_reason == "cancelled" and len(seq.output) < 200 and seq.cache is None
 
 
-def test_a_waiting_non_stream_client_that_leaves_cancels_too(server):
-    engine = server.state.loop.engine
+def test_a_waiting_non_stream_client_that_leaves_cancels_too(server, watched_engine):
     body = {"model": "tiny", "messages": HI, "max_tokens": 240}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5.0, read=0.3))
-    seq = next(iter(engine.sequences.values()))
+    seq = _first_queued(watched_engine)
     deadline = time.monotonic() + 10
     while not seq.finished and time.monotonic() < deadline:
         time.sleep(0.05)
