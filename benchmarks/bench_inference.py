@@ -1,15 +1,20 @@
-"""Inference speed of dsv4 vs `transformers` on the same random weights of a small-but-real V4 config.
+"""Inference speed of dsv4 vs `transformers` on the same random weights of a small-but-real V4 config, and
+MTP speculative decoding on the bundled demo model.
 
 Measures prefill tokens/s, time to first token, decode tokens/s at batch 1 and batch 8, and peak memory (RSS
 growth over an idle process). Each framework runs in its own subprocess so peak memory is its own.
 Each number is the best of 3 runs. Prints a Markdown table and writes JSON.
+
+Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
+bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s at batch 1 and 8 with and without
+`--speculative`, the share of drafts accepted, and whether the outputs are identical (they must be).
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: on a machine shared with other jobs
 (where this process gets a small slice of each core) wall time measures the neighbours; with one thread, CPU time
 is what the wall clock would show on an idle machine.
 
     python benchmarks/bench_inference.py [--prompt 256] [--decode 32] [--threads 2] [--clock wall|cpu]
-                                         [--out bench_inference.json]
+                                         [--parts speed,speculative] [--out bench_inference.json]
 """
 from __future__ import annotations
 
@@ -122,6 +127,50 @@ def child(framework: str, path: str, length: int, new: int, threads: int, clock:
             "peak_mem_mib": peak / 1024}
 
 
+def speculative_rows(new: int, threads: int, clock: str) -> list[dict]:
+    """Greedy decoding of the demo model on held-out think prompts, plain and speculative, at batch 1 and 8."""
+    from dsv4 import load_model
+    from dsv4.chat import encode_messages_ids, load_tokenizer
+    from dsv4.engine import Engine, EngineConfig, SamplingParams
+    from dsv4.engine.model_path import default_model_path
+    from dsv4.train.tasks import generate_tasks
+
+    torch.set_num_threads(threads)
+    tokenizer, model = load_tokenizer(), load_model(default_model_path())
+    ids = [encode_messages_ids([{"role": "user", "content": t.question}], tokenizer=tokenizer, thinking=True)
+           for t in generate_tasks(BATCH, seed=3, split="test")]
+    rows, outputs = [], {}
+    for batch in (1, BATCH):
+        for speculative in (False, True):
+            engine = Engine(model, EngineConfig(prefix_cache_bytes=0, speculative=speculative, eos_ids=frozenset()))
+
+            def run() -> float:
+                seqs = [engine.add(p, SamplingParams(temperature=0, max_tokens=new + 1)) for p in ids[:batch]]
+                while not all(s.output for s in seqs):
+                    engine.step()
+                seconds = timed(lambda: [engine.step() for _ in iter(lambda: not engine.has_work(), True)],
+                                CLOCKS[clock])
+                outputs[speculative] = [list(s.output) for s in seqs]
+                return seconds
+
+            seconds = best(run)
+            rows.append({"batch": batch, "speculative": speculative, "decode_tok_s": batch * new / seconds,
+                         "acceptance": engine.spec.acceptance_rate if engine.spec else None})
+        rows[-1]["same_output"] = outputs[True] == outputs[False]
+    return rows
+
+
+def speculative_table(rows: list[dict]) -> str:
+    head = "| batch | speculative | decode tok/s | drafts accepted | same output |\n|---:|---|---:|---:|---|"
+    lines = []
+    for r in rows:
+        accepted = "" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
+        same = "" if "same_output" not in r else "yes" if r["same_output"] else "NO"
+        lines.append(f"| {r['batch']} | {'yes' if r['speculative'] else 'no'} | {r['decode_tok_s']:.1f} | "
+                     f"{accepted} | {same} |")
+    return "\n".join([head, *lines])
+
+
 def table(rows: list[dict]) -> str:
     head = ("| framework | prefill tok/s | TTFT ms | decode tok/s (b=1) | decode tok/s (b=8) | peak MiB |\n"
             "|---|---:|---:|---:|---:|---:|")
@@ -137,19 +186,30 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steady numbers on a shared machine)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (for a machine shared with other jobs)")
+    p.add_argument("--parts", default="speed,speculative",
+                   help="comma-separated: speed (dsv4 vs transformers), speculative (MTP on the demo model)")
     p.add_argument("--out", default="bench_inference.json")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        build_checkpoint(Path(tmp))
-        rows = []
-        for framework in ("dsv4", "transformers"):  # a fresh process each: its own peak memory
-            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-                rows.append(pool.submit(child, framework, tmp, args.prompt, args.decode, args.threads,
-                                        args.clock).result())
-    print(table(rows))
-    meta = {"config": CONFIG, "prompt": args.prompt, "decode": args.decode, "batch": BATCH, "threads": args.threads,
-            "clock": args.clock, "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
-    Path(args.out).write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"speed", "speculative"}:
+        p.error(f"--parts takes speed and/or speculative, found {args.parts!r}")
+    out: dict = {"meta": {"config": CONFIG, "prompt": args.prompt, "decode": args.decode, "batch": BATCH,
+                          "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
+                          "machine": platform.processor() or platform.machine()}}
+    if "speed" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_checkpoint(Path(tmp))
+            rows = []
+            for framework in ("dsv4", "transformers"):  # a fresh process each: its own peak memory
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                    rows.append(pool.submit(child, framework, tmp, args.prompt, args.decode, args.threads,
+                                            args.clock).result())
+        print(table(rows))
+        out["results"] = rows
+    if "speculative" in parts:
+        out["speculative"] = speculative_rows(args.decode, args.threads, args.clock)
+        print(speculative_table(out["speculative"]))
+    Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -99,3 +99,13 @@ def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"non_think", "think", "tools"} and all(0 <= v <= 1 for v in result.values())
+
+    # The table form adds a per-kind breakdown whose counts cover every task of each mode.
+    assert main(["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "3", "--max-tokens", "3",
+                 "--modes", "think", "tools"]) == 0
+    lines = capsys.readouterr().out.split("correct per kind")[1].strip().splitlines()
+    assert lines[0].split() == ["kind", "think", "tools"]
+    cells = [line.split()[-2:] for line in lines[1:]]
+    for column in (0, 1):
+        assert sum(int(c[column].split("/")[1]) for c in cells) == 3
+        assert all(0 <= int(c[column].split("/")[0]) <= int(c[column].split("/")[1]) for c in cells)

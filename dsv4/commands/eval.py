@@ -12,7 +12,7 @@ from dsv4.engine.model_path import load_for_inference
 from dsv4.train.evaluate import EVAL_MODES, accuracy, run_mode
 from dsv4.train.greedy import engine_generate, greedy_generate
 from dsv4.train.loop import load_trained_model
-from dsv4.train.tasks import generate_tasks
+from dsv4.train.tasks import MULTI_STEP, generate_tasks
 from dsv4.train.threads import torch_threads
 
 
@@ -60,3 +60,10 @@ def report(results: dict, args: argparse.Namespace) -> None:
     print(f"{'mode':<10} {'all':>6} {'multi-step':>11}")
     for mode, outcomes in results.items():
         print(f"{mode:<10} {accuracy(outcomes):>6.1%} {accuracy(outcomes, multi_step_only=True):>11.1%}")
+    print(f"\ncorrect per kind\n{'kind':<17}" + "".join(f"{mode:>10}" for mode in results))
+    for kind in sorted({o.task.kind for outcomes in results.values() for o in outcomes}):
+        cells = []
+        for outcomes in results.values():
+            mine = [o.correct for o in outcomes if o.task.kind == kind]
+            cells.append(f"{sum(mine)}/{len(mine)}")
+        print(f"{kind + ('' if kind in MULTI_STEP else ' (1 step)'):<17}" + "".join(f"{c:>10}" for c in cells))
