@@ -242,13 +242,14 @@ def parse_kind_weights(text: str) -> dict[str, float]:
     """"sort=2,expr=1.5" -> {"sort": 2.0, "expr": 1.5}; every other kind keeps weight 1 (see generate_tasks)."""
     weights = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        kind, sep, value = item.partition("=")
+        kind, _, value = item.partition("=")
         try:
-            weights[kind.strip()] = float(value) if sep else float("nan")
+            weight = float(value)
         except ValueError:
-            weights[kind.strip()] = float("nan")
-        if not weights[kind.strip()] >= 0:
+            weight = -1.0                                   # no "=", or not a number
+        if not weight >= 0:
             raise UnknownKindError(f"kind weight {item!r} is not KIND=WEIGHT with a weight >= 0")
+        weights[kind.strip()] = weight
     _check_kinds(tuple(weights))
     return weights
 
