@@ -257,6 +257,25 @@ def test_every_reasoning_step_is_true_arithmetic_on_small_operands(kind):
             assert len(column) == 2 and all(int(x) < 10 for pair in column for x in pair), t
 
 
+@pytest.mark.parametrize("kind", ["count_letter", "count_item"])
+def test_counting_reasoning_restates_its_target_then_marks_a_true_running_count(kind):
+    """The walk starts by naming what it counts (so the comparison looks a few tokens back, not to the question),
+    walks the exact letters or items in order, and marks each hit (or each item) with its running count."""
+    for t in generate_tasks(200, seed=15, kinds=[kind]):
+        head, _, walk = t.reasoning.partition(": ")
+        walk = walk.rsplit(". So ", 1)[0].split(", ")
+        if kind == "count_letter":
+            word, letter = t.inputs["word"], t.inputs["letter"]
+            assert head == f"Spell '{word}', counting '{letter}'", t
+            sequence, counted = list(word), letter
+        else:
+            sequence, counted = t.inputs["items"], t.inputs["target"]
+            assert head == f"Go through the list, {f'counting {counted!r}' if counted else 'numbering each item'}", t
+        expected = [f"{x} ({sequence[: i + 1].count(x) if counted else i + 1})" if counted in (None, x) else x
+                    for i, x in enumerate(sequence)]
+        assert walk == expected, t
+
+
 def test_kind_weights_shift_the_mix_and_zero_removes_a_kind():
     from collections import Counter
 
@@ -273,3 +292,21 @@ def test_kind_weights_shift_the_mix_and_zero_removes_a_kind():
             parse_kind_weights(bad)
     with pytest.raises(UnknownKindError):
         generate_tasks(5, seed=8, weights={k: 0.0 for k in KINDS})
+
+
+def test_weekday_walk_counts_from_the_start_day_then_names_each_day_in_order():
+    """Every remainder, 0 included, copies the start day right after "from"; the walk then steps one day at a time
+    (a calendar's order, independent of WEEKDAYS) and the last day named is the answer."""
+    calendar = [(dt.date(2024, 1, 1) + dt.timedelta(days=k)).strftime("%A") for k in range(7)]
+    tasks = generate_tasks(200, seed=16, kinds=["weekday"])
+    assert {t.inputs["days"] % 7 == 0 for t in tasks} == {True, False}
+    for t in tasks:
+        start, rest = t.inputs["start"], t.inputs["days"] % 7
+        _, _, tail = t.reasoning.partition(f"Counting {rest} more days from {start}")
+        days = [start] if rest == 0 else tail.split(": ", 1)[1].split(".")[0].split(", ")
+        if rest == 0:
+            assert tail.startswith(f" stays on {start}."), t
+        else:
+            walk = [calendar[(calendar.index(start) + i) % 7] for i in range(1, rest + 1)]
+            assert days == walk, t
+        assert t.reasoning.endswith(f"The answer is {days[-1]}.") and days[-1] == t.answer, t

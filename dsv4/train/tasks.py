@@ -148,7 +148,8 @@ def _convert(rng: random.Random) -> Task:
 
 
 def _count_letter(rng: random.Random) -> Task:
-    """Occurrences of a letter in a word (sometimes a letter that is absent), counted letter by letter."""
+    """Occurrences of a letter in a word (sometimes a letter that is absent), counted letter by letter. The
+    reasoning first restates the word and the letter, so that spelling and comparing look only a few tokens back."""
     word = rng.choice(WORDS)
     absent = [c for c in string.ascii_lowercase if c not in word]
     letter = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
@@ -156,7 +157,7 @@ def _count_letter(rng: random.Random) -> Task:
     for c in word:
         count += c == letter
         marks.append(f"{c} ({count})" if c == letter else c)
-    reasoning = f"Spell it out: {', '.join(marks)}. So '{letter}' appears {_times(count)}."
+    reasoning = f"Spell '{word}', counting '{letter}': {', '.join(marks)}. So '{letter}' appears {_times(count)}."
     question = rng.choice(("How many times does the letter '{l}' appear in '{w}'?",
                            "How many '{l}'s are in the word '{w}'?", "Count the letter '{l}' in the word '{w}'.",
                            "In the word '{w}', how many times does '{l}' occur?"))
@@ -165,7 +166,7 @@ def _count_letter(rng: random.Random) -> Task:
 
 
 def _count_item(rng: random.Random) -> Task:
-    """Length of a short list, or occurrences of one item in it."""
+    """Length of a short list, or occurrences of one item in it (the reasoning restates which item it counts)."""
     pool = rng.sample(rng.choice(ITEM_SETS), rng.randint(2, 4))
     items = [rng.choice(pool) for _ in range(rng.randint(4, 10))]
     listed = ", ".join(items)
@@ -173,12 +174,12 @@ def _count_item(rng: random.Random) -> Task:
         target = rng.choice(pool)
         marks = [f"{x} ({items[: i + 1].count(x)})" if x == target else x for i, x in enumerate(items)]
         count, question = items.count(target), f"How many times does '{target}' appear in this list: {listed}?"
-        summary = f"'{target}' appears {_times(items.count(target))}"
+        summary, walk = f"'{target}' appears {_times(items.count(target))}", f"counting '{target}'"
     else:
         target, marks = None, [f"{x} ({i + 1})" for i, x in enumerate(items)]
         count, question = len(items), f"How many items are in this list: {listed}?"
-        summary = f"there are {len(items)} items"
-    reasoning = f"Go through the list: {', '.join(marks)}. So {summary}."
+        summary, walk = f"there are {len(items)} items", "numbering each item"
+    reasoning = f"Go through the list, {walk}: {', '.join(marks)}. So {summary}."
     return Task("count_item", question, str(count), reasoning, None, {"items": items, "target": target})
 
 
@@ -201,12 +202,14 @@ def _sort(rng: random.Random) -> Task:
 
 
 def _weekday(rng: random.Random) -> Task:
-    """Day of the week n <= 30 days after a given one."""
+    """Day of the week n <= 30 days after a given one. Every walk, whole weeks included, counts "from" the start
+    day, so the one copy of it from the question comes in the same words whatever the remainder."""
     start, n = rng.randrange(7), rng.randint(1, 30)
     weeks, rest = divmod(n, 7)
     end = WEEKDAYS[(start + n) % 7]
     walk = ", ".join(WEEKDAYS[(start + i) % 7] for i in range(1, rest + 1))
-    tail = f"Counting {rest} more days from {WEEKDAYS[start]}: {walk}." if rest else f"That is {WEEKDAYS[start]}."
+    tail = f"Counting {rest} more days from {WEEKDAYS[start]}: {walk}." if rest else \
+        f"Counting 0 more days from {WEEKDAYS[start]} stays on {WEEKDAYS[start]}."
     reasoning = f"{n} = {weeks} * 7 + {rest}; whole weeks keep the weekday. {tail} The answer is {end}."
     question = rng.choice(("Today is {d}. What day of the week will it be in {n} days?",
                            "If today is {d}, what day is it {n} days from now?")).format(d=WEEKDAYS[start], n=n)
