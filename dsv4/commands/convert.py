@@ -29,4 +29,7 @@ def run(args) -> int:
         print(f"dsv4 convert: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.dst} ({args.recipe})")
+    if args.dst.endswith(".gguf"):
+        print("GGUF holds the main model, as llama.cpp reads it: the MTP module (speculative decoding) stays in "
+              "checkpoint directories")
     return 0

@@ -3,10 +3,16 @@
 Tensor types: the recipe's ggml block type for quantized matrices (the codec's bytes are exactly ggml's blocks),
 BF16 / F16 for plain matrices (all matrices written as their bytes), F32 for every other float tensor (norms, mHC, sinks, ape, gate bias), I32 for the
 tid2eid hash table. FP8 / FP4 recipes have no ggml type: use a GGUF recipe (Q8_0 ... Q2_K) or BF16.
-Metadata: llama.cpp's generic keys where one exists, plus `dsv4.config` (our whole config as JSON) and `dsv4.recipe`.
+Metadata: the keys llama.cpp's `deepseek4` loader reads, plus `dsv4.config` (our whole config as JSON) and
+`dsv4.recipe`.
+
+The MTP module is left out, as llama.cpp's own converter leaves it out of the main model: its loader refuses a
+file with tensors it does not create. The file is the main model (`dsv4.config` says so: no MTP layer), which
+llama.cpp and `dsv4.load_model` both read; speculative decoding needs a dsv4 or official checkpoint directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +32,7 @@ from dsv4.weights.sources import convert
 
 ARCH = "deepseek4"
 _PLAIN_TYPES = {"bf16": gguf.GGMLQuantizationType.BF16, "f16": gguf.GGMLQuantizationType.F16}
+_GATING = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}  # llama.cpp's ExpertGatingFuncType
 
 
 class GGUFExportError(ValueError):
@@ -94,14 +101,44 @@ def _metadata(writer: gguf.GGUFWriter, cfg: ModelConfig, recipe: Recipe) -> None
     writer.add_expert_shared_count(cfg.n_shared_experts)
     writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     writer.add_expert_weights_scale(cfg.routed_scaling_factor)
-    writer.add_nextn_predict_layers(cfg.num_nextn_predict_layers)
+    writer.add_expert_weights_norm(True)
+    writer.add_uint32(f"{ARCH}.expert_gating_func", _GATING[cfg.scoring_func])
+    writer.add_swiglu_clamp_exp([cfg.swiglu_limit] * cfg.num_hidden_layers)
+    writer.add_swiglu_clamp_shexp([cfg.swiglu_limit] * cfg.num_hidden_layers)
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    writer.add_rope_scaling_factor(cfg.rope_factor)
+    writer.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
+    writer.add_rope_scaling_yarn_beta_fast(cfg.beta_fast)
+    writer.add_rope_scaling_yarn_beta_slow(cfg.beta_slow)
+    writer.add_indexer_head_count(cfg.index_n_heads)
+    writer.add_indexer_key_length(cfg.index_head_dim)
+    writer.add_indexer_top_k(cfg.index_topk)
+    writer.add_embedding_length_out(cfg.hidden_size * cfg.hc_mult)
+    # keys newer than the gguf package we depend on: spelled as llama.cpp's gguf-py constants.py spells them
+    writer.add_uint32(f"{ARCH}.attention.output_group_count", cfg.o_groups)
+    writer.add_uint32(f"{ARCH}.attention.output_lora_rank", cfg.o_lora_rank)
+    writer.add_array(f"{ARCH}.attention.compress_ratios", list(cfg.compress_ratios))
+    writer.add_float32(f"{ARCH}.attention.compress_rope_freq_base", cfg.compress_rope_theta)
+    writer.add_uint32(f"{ARCH}.hyper_connection.count", cfg.hc_mult)
+    writer.add_uint32(f"{ARCH}.hyper_connection.sinkhorn_iterations", cfg.hc_sinkhorn_iters)
+    writer.add_float32(f"{ARCH}.hyper_connection.epsilon", cfg.hc_eps)
+    writer.add_uint32(f"{ARCH}.hash_layer_count", cfg.num_hash_layers)
+    writer.add_tokenizer_model("none")  # no vocabulary inside: llama.cpp makes vocab_size placeholder tokens
     writer.add_string("dsv4.config", json.dumps(cfg.to_dict()))
     writer.add_string("dsv4.recipe", recipe.name)
 
 
+def without_mtp(cfg: ModelConfig, entries: list[Entry]) -> tuple[ModelConfig, list[Entry]]:
+    """The main model's config and entries: no MTP layer (see the module docstring)."""
+    main = dataclasses.replace(cfg, num_nextn_predict_layers=0,
+                               compress_ratios=list(cfg.compress_ratios[:cfg.num_hidden_layers]))
+    return main, [e for e in entries if not e.name.startswith("mtp.")]
+
+
 def write_gguf(path: str | Path, cfg: ModelConfig, entries: list[Entry], source, recipe: Recipe) -> None:
     """Write `entries` (in the recipe's formats) from `source` to the GGUF file `path`, atomically: header and
-    tensor infos first, then one GGUF tensor's data at a time."""
+    tensor infos first, then one GGUF tensor's data at a time. MTP entries are left out."""
+    cfg, entries = without_mtp(cfg, entries)
     groups = group_entries(entries, cfg.num_hidden_layers)
     for e in entries:
         if e.is_matrix:
