@@ -60,9 +60,8 @@ def test_dsv4_chat_answers_a_held_out_task_correctly_when_scripted():
 
 
 def test_eval_json_reports_each_mode_and_thinking_wins_on_multi_step_tasks():
-    """`dsv4 eval --json` on held-out tasks: accuracies in [0, 1]; on multi-step kinds thinking clearly beats
-    non-think (shipped weights, greedy). The issue's 80% bar for thinking is not reached yet (README: 74%); a
-    floor of 60% catches regressions of the weights or the inference path."""
+    """`dsv4 eval --json` on held-out tasks: accuracies in [0, 1]; on multi-step kinds thinking reaches the 80% bar
+    and clearly beats non-think (shipped weights, greedy; measured here 96.7% vs 31.7%, README: 92.5% on 200)."""
     from dsv4.chat import load_tokenizer
     from dsv4.engine import Engine, EngineConfig
     from dsv4.engine.model_path import load_for_inference
@@ -79,4 +78,4 @@ def test_eval_json_reports_each_mode_and_thinking_wins_on_multi_step_tasks():
     tokenizer = load_tokenizer()
     think = accuracy(run_mode(tasks, "think", generate, tokenizer))
     non_think = accuracy(run_mode(tasks, "non_think", generate, tokenizer))
-    assert think >= 0.6 and think >= non_think + 0.2, (think, non_think)
+    assert think >= 0.8 and think >= non_think + 0.2, (think, non_think)

@@ -37,7 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-plot", action="store_true", help="skip the loss plot (no matplotlib needed)")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in _SKIP:
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(f.default, bool):
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            else:
+                p.add_argument(flag, type=type(f.default), default=f.default)
     p.set_defaults(func=run)
 
     d = subparsers.add_parser("train-data", help="write synthetic task conversations (V4 chat format) as JSONL")

@@ -75,6 +75,12 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, idx = self.gate(x, ids.reshape(-1))
+        y = self._routed(x, weights, idx) + self.shared_experts(x).float()
+        return y.to(x.dtype).view(shape)
+
+    @torch.compiler.disable  # data-dependent: torch.compile would specialise on every per-expert token count
+    def _routed(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """sum_k w_k E_{idx_k}(x) for x [T, d], weights / idx [T, k]. Returns [T, d] fp32."""
         y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         flat_idx = idx.flatten()
         order = flat_idx.argsort(stable=True)  # group (token, slot) pairs by expert: one GEMM per active expert
@@ -87,5 +93,4 @@ class MoE(nn.Module):
                 t = tokens[begin:begin + n]
                 y.index_add_(0, t, experts[e](x[t], slot_w[begin:begin + n]).float())
                 begin += n
-        y += self.shared_experts(x).float()
-        return y.to(x.dtype).view(shape)
+        return y

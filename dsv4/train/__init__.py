@@ -5,8 +5,8 @@ Workflow (the demo model; `demo_model.py` has its architecture):
     dsv4 train-data --out runs/demo/tasks.jsonl --n 160000 --seed 0 --chat 0.22 --think 0.74 --tools 0.04 \\
         --kind-weights add=1.5,sub=2,mul=2,expr=2,count_letter=1,count_item=2.5,sort=3,weekday=0.5,convert=0.5
     torchrun --nproc-per-node 2 -m dsv4.cli train --data runs/demo/tasks.jsonl --out runs/demo --model demo \\
-        --seed 0 --resume --steps 880 --batch-size 16 --micro-batch 8 --seq-len 512 --lr 1e-2 --warmup 30 \\
-        --eval-every 440 --ckpt-every 25 --log-every 10
+        --seed 0 --resume --steps 1500 --batch-size 16 --micro-batch 8 --seq-len 512 --lr 1e-2 --warmup 30 \\
+        --eval-every 750 --ckpt-every 25 --log-every 10 --compile
     dsv4 train-export runs/demo/ckpt.pt dsv4/assets/demo --recipe FP4-FP8EH   # official FP8/FP4 layout
     dsv4 eval --seed 1 --json              # held-out tasks: the test split, whose inputs training never saw
 

@@ -37,6 +37,7 @@ class TrainConfig:
     mtp_weight: float = 0.3             # loss = main + mtp_weight * MTP (DeepSeek-V3: 0.3, later 0.1)
     bias_speed: float = 1e-3            # gate-bias balancing step (DeepSeek-V3: 0.001)
     val_fraction: float = 0.02          # share of documents held out for the validation loss
+    compile: bool = False               # torch.compile the training forward/backward (see loop.training_loss)
     log_every: int = 10
     eval_every: int = 100
     ckpt_every: int = 100
@@ -57,8 +58,9 @@ class TrainConfig:
 
     def trajectory_mismatch(self, saved: dict) -> str | None:
         """The first trajectory field whose value differs from a checkpoint's saved config, as text, or None."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}  # fields newer than the checkpoint
         for key, value in self.to_dict().items():
-            if key not in CADENCE_FIELDS and saved.get(key) != value:
+            if key not in CADENCE_FIELDS and saved.get(key, defaults[key]) != value:
                 return f"{key}: checkpoint has {saved.get(key)!r}, this run {value!r}"
         return None
 
