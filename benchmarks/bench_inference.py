@@ -1,9 +1,15 @@
-"""Inference speed of dsv4 vs `transformers` on the same random weights of a small-but-real V4 config, and
-MTP speculative decoding on the bundled demo model.
+"""Inference speed of dsv4 vs `transformers` vs llama.cpp on the same random weights of a small-but-real V4 config,
+and MTP speculative decoding on the bundled demo model.
 
 Measures prefill tokens/s, time to first token, decode tokens/s at batch 1 and batch 8, and peak memory (RSS
 growth over an idle process). Each framework runs in its own subprocess so peak memory is its own.
 Each number is the best of 3 runs. Prints a Markdown table and writes JSON.
+
+llama.cpp (`llama-cpp-python` 0.3.36, built from source: its vendored llama.cpp has the `deepseek4` architecture)
+runs dsv4's own GGUF export of the same checkpoint, widened to F32 so that all three compute in fp32 on identical
+weights (the checkpoint's values are bf16-representable, so the BF16 export loses nothing); an agreement row
+compares its logits with dsv4's on the benchmark prompt. Without `llama_cpp` installed its row is skipped.
+The config fits llama.cpp's loader: 4 mHC streams, compression ratios 0/4/128, an indexer head of 64.
 
 Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
 bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s at batch 1 and 8 with and without
@@ -19,6 +25,8 @@ is what the wall clock would show on an idle machine.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import multiprocessing as mp
 import platform
@@ -34,21 +42,33 @@ import torch
 CONFIG = dict(vocab_size=32000, hidden_size=512, num_hidden_layers=4, compress_ratios=[0, 4, 128, 4],
               num_attention_heads=8, head_dim=64, qk_rope_head_dim=16, q_lora_rank=256, o_groups=2,
               o_lora_rank=128, sliding_window=128, n_routed_experts=16, num_experts_per_tok=2,
-              moe_intermediate_size=256, num_hash_layers=1, hc_mult=2, index_n_heads=4, index_head_dim=32,
+              moe_intermediate_size=256, num_hash_layers=1, hc_mult=4, index_n_heads=4, index_head_dim=64,
               index_topk=64, max_position_embeddings=4096,
               rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 256,
                             "beta_fast": 32, "beta_slow": 1})
 BATCH = 8
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+GGUF = "model.f32.gguf"  # llama.cpp's copy of the checkpoint, inside the checkpoint directory
 
 
 def build_checkpoint(path: Path) -> None:
+    """Random weights saved by `transformers` in fp32, every value rounded to bf16 first (so a BF16 GGUF export
+    is exact and every framework runs the very same numbers)."""
     from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        DeepseekV4ForCausalLM(DeepseekV4Config(**CONFIG)).float().save_pretrained(path)
+        model = DeepseekV4ForCausalLM(DeepseekV4Config(**CONFIG)).float()
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.bfloat16())
+        model.save_pretrained(path)
+
+
+def have_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def prompts(n: int, length: int) -> torch.Tensor:
@@ -120,11 +140,35 @@ def child(framework: str, path: str, length: int, new: int, threads: int, clock:
     import transformers  # noqa: F401  (same baseline for both frameworks)
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from the idle process
     base = rss_kib("VmRSS")
-    times = (dsv4_times if framework == "dsv4" else hf_times)(Path(path), length, new, CLOCKS[clock])
+    if framework == "llama.cpp":
+        from llama_cpp_bench import llama_cpp_times
+
+        times = llama_cpp_times(Path(path) / GGUF, prompts(BATCH, length).tolist(), new, threads,
+                                functools.partial(timed, clock=CLOCKS[clock]), best)
+    else:
+        times = (dsv4_times if framework == "dsv4" else hf_times)(Path(path), length, new, CLOCKS[clock])
     peak = rss_kib("VmHWM") - base
     return {"framework": framework, "prefill_tok_s": length / times["ttft"], "ttft_ms": 1000 * times["ttft"],
             "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
             "peak_mem_mib": peak / 1024}
+
+
+def agreement(path: Path, length: int) -> dict:
+    """dsv4's and llama.cpp's logits over the benchmark's first prompt: max |difference|, the logits' scale, and
+    the share of positions whose greedy next token agrees."""
+    from llama_cpp_bench import llama_cpp_logits
+
+    from dsv4 import load_model
+
+    row = prompts(1, length)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(path, dtype=torch.float32)
+    with torch.no_grad():
+        ours = model(row, model.make_cache(batch_size=1))[0]
+    theirs = torch.from_numpy(llama_cpp_logits(path / GGUF, row[0].tolist()))
+    return {"max_abs_diff": float((ours - theirs).abs().max()), "max_abs_logit": float(ours.abs().max()),
+            "argmax_agree": float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())}
 
 
 def speculative_rows(new: int, threads: int, clock: str) -> list[dict]:
@@ -187,7 +231,8 @@ def main() -> None:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (for a machine shared with other jobs)")
     p.add_argument("--parts", default="speed,speculative",
-                   help="comma-separated: speed (dsv4 vs transformers), speculative (MTP on the demo model)")
+                   help="comma-separated: speed (dsv4 vs transformers vs llama.cpp), "
+                        "speculative (MTP on the demo model)")
     p.add_argument("--out", default="bench_inference.json")
     args = p.parse_args()
     parts = set(args.parts.split(","))
@@ -197,15 +242,29 @@ def main() -> None:
                           "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine()}}
     if "speed" in parts:
+        frameworks = ["dsv4", "transformers"]
         with tempfile.TemporaryDirectory() as tmp:
             build_checkpoint(Path(tmp))
+            if have_llama_cpp():
+                from llama_cpp_bench import export_gguf
+
+                export_gguf(Path(tmp), Path(tmp) / GGUF, f32=True)
+                frameworks.append("llama.cpp")
+            else:
+                print("llama_cpp is not installed: no llama.cpp row (pip install llama-cpp-python==0.3.36)")
             rows = []
-            for framework in ("dsv4", "transformers"):  # a fresh process each: its own peak memory
+            for framework in frameworks:  # a fresh process each: its own peak memory
                 with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
                     rows.append(pool.submit(child, framework, tmp, args.prompt, args.decode, args.threads,
                                             args.clock).result())
+            if "llama.cpp" in frameworks:
+                out["llama_cpp_agreement"] = agreement(Path(tmp), args.prompt)
         print(table(rows))
         out["results"] = rows
+        if "llama_cpp_agreement" in out:
+            a = out["llama_cpp_agreement"]
+            print(f"llama.cpp vs dsv4 logits over the {args.prompt}-token prompt: max |diff| {a['max_abs_diff']:.2e} "
+                  f"(logits up to {a['max_abs_logit']:.2f}), same greedy token at {a['argmax_agree']:.1%} of positions")
     if "speculative" in parts:
         out["speculative"] = speculative_rows(args.decode, args.threads, args.clock)
         print(speculative_table(out["speculative"]))
