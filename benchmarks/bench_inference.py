@@ -246,9 +246,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             build_checkpoint(Path(tmp))
             if have_llama_cpp():
-                from llama_cpp_bench import export_gguf
+                from llama_cpp_bench import export_gguf_f32
 
-                export_gguf(Path(tmp), Path(tmp) / GGUF, f32=True)
+                export_gguf_f32(Path(tmp), Path(tmp) / GGUF)
                 frameworks.append("llama.cpp")
             else:
                 print("llama_cpp is not installed: no llama.cpp row (pip install llama-cpp-python==0.3.36)")

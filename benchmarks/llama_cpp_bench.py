@@ -2,8 +2,8 @@
 prefill / decode timings at batch 1 and 8, and its logits for the agreement check with dsv4.
 
 The GGUF is dsv4's own export (`dsv4 convert --recipe BF16`, llama.cpp's `deepseek4` names and keys) of the
-benchmark's checkpoint, whose weights are bf16 values: optionally widened to F32 (lossless), so llama.cpp runs the
-same weights at the same precision as the fp32 PyTorch frameworks.
+benchmark's checkpoint, whose weights are bf16 values, widened to F32 (lossless), so llama.cpp runs the same
+weights at the same precision as the fp32 PyTorch frameworks.
 """
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ import numpy as np
 N_SEQ = 8  # sequences decoded together (bench_inference.BATCH)
 
 
-def export_gguf(checkpoint: Path, path: Path, f32: bool) -> None:
-    """`checkpoint` -> GGUF at `path` through dsv4's exporter (BF16 recipe); `f32`: BF16 tensors widened to F32."""
+def export_gguf_f32(checkpoint: Path, path: Path) -> None:
+    """`checkpoint` -> GGUF at `path` through dsv4's exporter (BF16 recipe), BF16 tensors then widened to F32."""
     from dsv4.weights.convert import convert_checkpoint
 
-    if not f32:
-        convert_checkpoint(checkpoint, path, "BF16")
-        return
     bf16 = path.with_suffix(".bf16.gguf")
     convert_checkpoint(checkpoint, bf16, "BF16")
     reader = gguf.GGUFReader(bf16)

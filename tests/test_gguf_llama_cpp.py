@@ -19,7 +19,7 @@ from tiny_models import random_model
 
 pytest.importorskip("llama_cpp")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from llama_cpp_bench import export_gguf, llama_cpp_logits  # noqa: E402
+from llama_cpp_bench import export_gguf_f32, llama_cpp_logits  # noqa: E402
 
 LLAMA_CPP_DIMS = dict(hc_mult=4, compress_ratios=[0, 4, 128, 4, 0], hca_ratio=128, index_head_dim=64,
                       index_n_heads=8, index_topk=8)
@@ -34,7 +34,7 @@ def test_llama_cpp_loads_our_gguf_of_a_model_with_mtp_and_computes_our_logits(tm
         for p in model.parameters():
             p.copy_(p.bfloat16())
     save_model(model, tmp_path / "bf16", "BF16")
-    export_gguf(tmp_path / "bf16", tmp_path / "m.gguf", f32=True)
+    export_gguf_f32(tmp_path / "bf16", tmp_path / "m.gguf")
     ids = torch.randint(2, model.cfg.vocab_size, (1, 160), generator=torch.Generator().manual_seed(8))
     ours = dsv4.load_model(tmp_path / "bf16", dtype=torch.float32)
     with torch.no_grad():
