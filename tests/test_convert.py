@@ -37,8 +37,8 @@ def q8(official, tmp_path_factory):
 def test_converted_checkpoint_loads_quantized_and_dequantized_alike(official, q8):
     ids = torch.randint(0, 512, (1, 24), generator=torch.Generator().manual_seed(0))
     q = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="Q8_0")
-    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False)
-    source = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False)
+    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="BF16")
+    source = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False, recipe="BF16")
     assert isinstance(q.layers[1].ffn.experts[3].w2, QuantLinear) and isinstance(q.embed, QuantEmbedding)
     assert torch.equal(q.layers[1].ffn.experts[3].w2.dequantize(), plain.layers[1].ffn.experts[3].w2.weight)
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_gguf_export_has_deepseek4_names_types_and_bytes(q8, tmp_path):
     reader = gguf.GGUFReader(dst)
     tensors = {t.name: t for t in reader.tensors}
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "deepseek4"
-    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False)
+    plain = dsv4.load_model(q8, dtype=torch.float32, simulate_quant=False, recipe="BF16")
     experts = torch.stack([e.w1.weight for e in plain.layers[1].ffn.experts])
     cases = {"token_embd.weight": plain.embed.weight, "blk.0.attn_q_a.weight": plain.layers[0].attn.wq_a.weight,
              "blk.1.ffn_gate_exps.weight": experts}

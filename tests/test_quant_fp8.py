@@ -73,9 +73,18 @@ def test_act_quant_matches_the_independent_reference():
             assert torch.equal(q[idx][kb * 128:(kb + 1) * 128].view(torch.uint8), ref.view(torch.uint8))
 
 
-def test_act_quant_rejects_a_ragged_last_dim():
-    with pytest.raises(QuantShapeError, match="multiple of the block size 128"):
-        act_quant(torch.randn(2, 200))
+def test_act_quant_takes_a_ragged_last_block_as_its_own_block():
+    """k = 200: columns 128..199 form a 72-wide block with its own scale (the demo model's 64-wide inputs are one)."""
+    x = torch.randn(2, 200) * torch.logspace(-3, 1, 200)
+    q, s = act_quant(x)
+    assert q.shape == x.shape and s.shape == (2, 2)
+    for row in range(2):
+        for cols, kb in [(slice(0, 128), 0), (slice(128, 200), 1)]:
+            blk = x[row, cols]
+            s_ref = pow2_scale(max(blk.abs().max().item(), 1e-4), 448.0)
+            assert s[row, kb].item() == s_ref
+            ref = (blk / s_ref).clamp(-448, 448).to(torch.float8_e4m3fn)
+            assert torch.equal(q[row, cols].view(torch.uint8), ref.view(torch.uint8))
 
 
 def test_quantize_rejects_a_non_matrix_with_its_name():

@@ -87,7 +87,7 @@ def test_plain_dtype_is_not_a_codec():
         QuantLinear(512, 96, "bf16")
 
 
-@pytest.mark.parametrize("fmt,cols", [("q4_k", 384), ("fp8", 200), ("q8_0", 100)])
+@pytest.mark.parametrize("fmt,cols", [("q4_k", 384), ("fp4", 200), ("q8_0", 100)])
 def test_input_dim_not_a_multiple_of_the_block_is_rejected(fmt, cols):
     with pytest.raises(QuantShapeError, match="layers.1.attn.wq_b"):
         QuantLinear(cols, 64, fmt, name="layers.1.attn.wq_b")

@@ -117,7 +117,7 @@ def stored(official):
 
 
 def test_official_checkpoint_loads_to_the_decoded_weights_and_close_logits(model, official, stored):
-    loaded = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False)
+    loaded = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False, recipe="BF16")
     ref = random_model("tiny", seed=3, **DIMS)
     with torch.no_grad():
         for name, w in dict(ref.named_parameters()).items():
@@ -140,7 +140,7 @@ def test_fp4_recipe_keeps_the_official_bytes_in_memory(official, stored):
         assert isinstance(module, QuantLinear)
         assert torch.equal(module.weight.view(torch.uint8), stored[f"{name}.weight"].view(torch.uint8))
         assert torch.equal(module.scale.view(torch.uint8), stored[f"{name}.scale"].view(torch.uint8))
-    plain = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False)
+    plain = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False, recipe="BF16")
     ids = torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a, b = q(ids), plain(ids)
@@ -159,7 +159,7 @@ def test_fp8_embedding_and_head_recipe_is_official_format_and_loads_quantized(mo
     assert config["quantization_config"]["fmt"] == "e4m3" and config["expert_dtype"] == "fp4"
     assert not (path / "quantization.json").exists()  # self-describing: every quantized tensor has its .scale
     stored = {k: v for f in path.glob("*.safetensors") for k, v in load_file(f).items()}
-    plain = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False)
+    plain = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False, recipe="BF16")
     assert torch.equal(plain.embed.weight, decoded(stored, "embed")) and torch.equal(plain.head.weight, decoded(stored, "head"))
     q = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False, recipe="FP4-FP8EH")
     assert isinstance(q.embed, QuantEmbedding) and isinstance(q.head, QuantLinear)

@@ -13,7 +13,6 @@ that starts one window before the row's current window (the cached "previous win
 the current window, then the new tokens), so rows at different positions are handled together.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dsv4.cache import CompressorCache
@@ -42,8 +41,8 @@ class Compressor(nn.Module):
         """
         m, (B, S, _) = self.ratio, x.shape
         with torch.autocast(x.device.type, enabled=False):  # fp32 island, as in the reference (also under autocast)
-            v = F.linear(x.float(), self.wkv.weight.float())
-            z = F.linear(x.float(), self.wgate.weight.float())
+            v = self.wkv(x.float()).float()
+            z = self.wgate(x.float()).float()
         offset = start % m                                                 # [B] tokens already in the current window
         n_win = (m - 1 + S) // m + 1                                       # local windows 0..n_win-1
         slots = offset[:, None] + torch.arange(S, device=x.device)         # [B, S] local slot of each new token

@@ -52,12 +52,36 @@ class Gate(nn.Module):
 
 
 class RoutedExperts(nn.ModuleList):
-    """The E routed experts, all resident. `fetch(ids)` is the hook through which MoE reaches the experts a batch
-    routes to: here the list itself; an offloaded store (dsv4.offload) reads the missing ones in its version."""
+    """The E routed experts, all resident. forward(x, weights, idx) = sum_k w_k E_{idx_k}(x). `fetch(ids)` is the
+    hook through which it reaches the experts a batch routes to: here the list itself; an offloaded store
+    (dsv4.offload) reads the missing ones, and a fused native op (dsv4.quant.experts) replaces the loop."""
 
     def fetch(self, ids: list[int]) -> "RoutedExperts":
         """ids: the active expert ids in ascending order. Returns something indexable by each of them."""
         return self
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """x [T, d], weights / idx [T, k]. Returns [T, d] fp32."""
+        return grouped_expert_sum(self, x, weights, idx)
+
+
+@torch.compiler.disable  # data-dependent: torch.compile would specialise on every per-expert token count
+def grouped_expert_sum(experts, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k E_{idx_k}(x) for x [T, d], weights / idx [T, k]: one call per active expert on its tokens, outputs
+    added in fp32 in ascending expert order. `experts`: len() = E and fetch(active ids) -> indexable. [T, d] fp32."""
+    y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    flat_idx = idx.flatten()
+    order = flat_idx.argsort(stable=True)  # group (token, slot) pairs by expert: one GEMM per active expert
+    counts = torch.bincount(flat_idx, minlength=len(experts)).tolist()
+    tokens, slot_w = order // idx.shape[1], weights.flatten()[order]
+    active = experts.fetch([e for e, n in enumerate(counts) if n])
+    begin = 0
+    for e, n in enumerate(counts):
+        if n:
+            t = tokens[begin:begin + n]
+            y.index_add_(0, t, active[e](x[t], slot_w[begin:begin + n]).float())
+            begin += n
+    return y
 
 
 class MoE(nn.Module):
@@ -75,22 +99,5 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, idx = self.gate(x, ids.reshape(-1))
-        y = self._routed(x, weights, idx) + self.shared_experts(x).float()
+        y = self.experts(x, weights, idx) + self.shared_experts(x).float()
         return y.to(x.dtype).view(shape)
-
-    @torch.compiler.disable  # data-dependent: torch.compile would specialise on every per-expert token count
-    def _routed(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """sum_k w_k E_{idx_k}(x) for x [T, d], weights / idx [T, k]. Returns [T, d] fp32."""
-        y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        flat_idx = idx.flatten()
-        order = flat_idx.argsort(stable=True)  # group (token, slot) pairs by expert: one GEMM per active expert
-        counts = torch.bincount(flat_idx, minlength=len(self.experts)).tolist()
-        tokens, slot_w = order // idx.shape[1], weights.flatten()[order]
-        experts = self.experts.fetch([e for e, n in enumerate(counts) if n])
-        begin = 0
-        for e, n in enumerate(counts):
-            if n:
-                t = tokens[begin:begin + n]
-                y.index_add_(0, t, experts[e](x[t], slot_w[begin:begin + n]).float())
-                begin += n
-        return y

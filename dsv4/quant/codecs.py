@@ -62,11 +62,11 @@ def _fp4_quantize(w: torch.Tensor, tensor: str) -> Buffers:
     return {"weight": weight, "scale": scale}
 
 
-FP8 = Codec("fp8", BLOCK, 1 + 1 / BLOCK**2, True,  # block: the GEMM rounds activations per 128 along K
+FP8 = Codec("fp8", 1, 1 + 1 / BLOCK**2, True,  # any width: scale blocks and activation blocks may be ragged
             lambda o, i: {"weight": ((o, i), torch.float8_e4m3fn),
                           "scale": ((ceil(o / BLOCK), ceil(i / BLOCK)), torch.float8_e8m0fnu)},
             _fp8_quantize, lambda b, rows: dequantize_fp8(b["weight"], b["scale"], rows))
-FP4 = Codec("fp4", BLOCK, 0.5 + 1 / GROUP, True,
+FP4 = Codec("fp4", GROUP, 0.5 + 1 / GROUP, True,
             lambda o, i: {"weight": ((o, i // 2), torch.int8), "scale": ((o, i // GROUP), torch.float8_e8m0fnu)},
             _fp4_quantize, lambda b, rows: dequantize_fp4(b["weight"], b["scale"], rows))
 CODECS: dict[str, Codec] = {c.name: c for c in [

@@ -51,23 +51,22 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, rows: slice | torc
 
 
 def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-quantise activations along the last dim: x [..., k] -> (e4m3 [..., k], fp32 scales [..., k/block]).
+    """Block-quantise activations along the last dim: x [..., k] -> (e4m3 [..., k], fp32 scales [..., ceil(k/block)]).
 
-    Per block: s = 2^ceil(log2(max(amax, 1e-4)/448)), x_q = e4m3(clamp(x/s, +-448)); x ~ x_q * s.
+    Per block: s = 2^ceil(log2(max(amax, 1e-4)/448)), x_q = e4m3(clamp(x/s, +-448)); x ~ x_q * s. A last block
+    shorter than `block` (k not a multiple of it, e.g. the demo model's 64-wide inputs) is its own block.
     """
     k = x.shape[-1]
-    if k % block:
-        raise QuantShapeError(f"act_quant: last dim {k} is not a multiple of the block size {block}")
-    xb = x.float().unflatten(-1, (k // block, block))
+    xb = torch.nn.functional.pad(x.float(), (0, -k % block)).unflatten(-1, (-1, block))  # zeros never raise amax
     s = ue8m0_scale(xb.abs().amax(-1, keepdim=True).clamp(min=MIN_AMAX), E4M3_MAX)
     q = (xb / s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return q.flatten(-2), s.squeeze(-1)
+    return q.flatten(-2)[..., :k], s.squeeze(-1)
 
 
 def act_quant_dequant(x: torch.Tensor) -> torch.Tensor:
     """x [..., k] rounded the way the reference FP8 GEMM sees it, in x.dtype (e4m3 times a power of two is exact in bf16)."""
     q, s = act_quant(x)
-    return (q.float().unflatten(-1, (s.shape[-1], BLOCK)) * s[..., None]).flatten(-2).to(x.dtype)
+    return scale_columns(q.float().reshape(-1, q.shape[-1]), s.reshape(-1, s.shape[-1]), BLOCK).view(x.shape).to(x.dtype)
 
 
 def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -80,6 +79,6 @@ def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
     sw = scale.float().repeat_interleave(BLOCK, 0)[: weight.shape[0]]  # [n, k/128]
     out = torch.zeros(xq.shape[0], weight.shape[0], device=x.device)
     for kb in range(sx.shape[-1]):
-        cols = slice(kb * BLOCK, (kb + 1) * BLOCK)
+        cols = slice(kb * BLOCK, min((kb + 1) * BLOCK, x.shape[-1]))
         out += (xq[:, cols] @ weight[:, cols].float().T) * sx[:, kb, None] * sw[None, :, kb]
     return out.reshape(*x.shape[:-1], -1).to(x.dtype)

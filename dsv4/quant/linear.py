@@ -1,20 +1,40 @@
 """`QuantLinear` / `QuantEmbedding`: drop-ins for nn.Linear(in, out, bias=False) / nn.Embedding holding a quantized
-weight as buffers.
+weight as buffers; `Bf16Linear`: a bf16-stored weight computed in fp32 (the reference's fp32 islands).
 
-The forward never materialises the whole dequantized weight: it dequantizes `tile_rows` output rows at a time into
-the activation dtype and runs F.linear on that tile (the dequantized tile is exact in the codec's own rounding, so
-the only extra rounding is the cast to a bf16 activation dtype). For fp8/fp4 the activations are first rounded to
-e4m3 per 128 along K, as the reference GEMM does.
+A few rows of activations (decode) go to the native kernels (dsv4.kernels) on the stored bytes. Otherwise, and
+wherever the kernels are unavailable, the forward dequantizes `tile_rows` output rows at a time into the activation
+dtype and runs F.linear on that tile, never materialising the whole weight (the dequantized tile is exact in the
+codec's own rounding, so the only extra rounding is the cast to a bf16 activation dtype). For fp8/fp4 the
+activations are first rounded to e4m3 per 128 as the reference GEMM does; both paths compute the same values up
+to fp32 summation order.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dsv4 import kernels
 
 from .codecs import Rows, get_codec
 from .errors import QuantShapeError
 from .fp8 import act_quant_dequant
 
 TILE_ELEMS = 1 << 21  # dequantized elements per tile: 8 MiB in fp32, a few L2/L3-sized passes per layer
+# Up to this many activation rows the native GEMV/GEMM kernels beat dequantizing tiles for torch's GEMM.
+NATIVE_MAX_ROWS = 16
+
+
+def _native_rows(x: torch.Tensor, fmt: str) -> bool:
+    """Whether x [..., k] goes to the native kernel of `fmt` (few rows, on CPU, kernels available)."""
+    return x.device.type == "cpu" and x.numel() <= NATIVE_MAX_ROWS * x.shape[-1] and kernels.supports(fmt)
+
+
+def tiled_linear(x: torch.Tensor, out_features: int, tile_rows: int, rows_of) -> torch.Tensor:
+    """x [..., in] @ W.T -> [..., out] in x.dtype, W's rows produced `tile_rows` at a time by rows_of(slice) (fp32)."""
+    out = x.new_empty(*x.shape[:-1], out_features)
+    for start in range(0, out_features, tile_rows):
+        rows = slice(start, min(start + tile_rows, out_features))
+        out[..., rows] = F.linear(x, rows_of(rows).to(x.dtype))
+    return out
 
 
 class QuantWeight(nn.Module):
@@ -47,8 +67,15 @@ class QuantWeight(nn.Module):
 
     def dequantize(self, rows: Rows = slice(None)) -> torch.Tensor:
         """Dequantized rows `rows` (slice or index tensor): fp32 [r, cols]. Whole-weight use is for tests and conversion."""
+        if isinstance(rows, slice) and rows.step in (None, 1) and kernels.supports(self.fmt) and self.weight.is_cpu:
+            return kernels.dequantize(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, rows)
         bufs = {key: getattr(self, key) for key in self.codec.specs(1, self.codec.block)}
         return self.codec.dequantize(bufs, rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The logical weight shape [rows, cols]."""
+        raise NotImplementedError
 
 
 class QuantLinear(QuantWeight):
@@ -63,16 +90,18 @@ class QuantLinear(QuantWeight):
     def shape_args(rows: int, cols: int) -> tuple[int, int]:
         return cols, rows
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise QuantShapeError(f"QuantLinear({self.fmt}): input last dim {x.shape[-1]}, expected {self.in_features}")
+        if _native_rows(x, self.fmt):  # quantizes fp8/fp4 activations itself, as the reference GEMM does
+            return kernels.matmul(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, x).to(x.dtype)
         if self.codec.act_fp8:
             x = act_quant_dequant(x)
-        out = x.new_empty(*x.shape[:-1], self.out_features)
-        for start in range(0, self.out_features, self.tile_rows):
-            rows = slice(start, min(start + self.tile_rows, self.out_features))
-            out[..., rows] = F.linear(x, self.dequantize(rows).to(x.dtype))
-        return out
+        return tiled_linear(x, self.out_features, self.tile_rows, self.dequantize)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}"
@@ -91,9 +120,36 @@ class QuantEmbedding(QuantWeight):
     def shape_args(rows: int, cols: int) -> tuple[int, int]:
         return rows, cols
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.num_embeddings, self.embedding_dim
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.dequantize(ids.reshape(-1))
         return rows.reshape(*ids.shape, self.embedding_dim).to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, fmt={self.fmt}"
+
+
+class Bf16Linear(nn.Module):
+    """An fp32 island whose weight the checkpoint stores in bf16 (the head, the compressors): held in bf16, computed
+    in fp32 exactly as nn.Linear's fp32 weight would be (bf16 -> fp32 is exact), at half the memory and bytes read.
+
+    forward: x [..., in] -> fp32 [..., out]. Buffer `weight` bf16 [out, in] (a buffer, so model casts leave it bf16).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.bfloat16))
+        self.tile_rows = max(1, TILE_ELEMS // in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if _native_rows(x, "bf16"):
+            return kernels.matmul("bf16", self.weight, None, self.out_features, self.in_features, x)
+        return tiled_linear(x, self.out_features, self.tile_rows, lambda rows: self.weight[rows].float())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight=bf16, compute=fp32"

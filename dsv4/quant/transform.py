@@ -32,6 +32,8 @@ KEEP = (rf"{_BLOCK}\.attn\.(?:indexer\.)?compressor\.(?:wkv|wgate)", r"layers\.\
 # Stored with the attention group's format, but held in high precision in memory: the reference's convert.py
 # dequantizes wo_a to BF16 because the grouped output projection is a block-diagonal einsum over its weight.
 FLOAT_IN_MEMORY = (rf"{_BLOCK}\.attn\.wo_a",)
+# fp32 islands the official checkpoint stores in bf16: held as Bf16Linear when a checkpoint is loaded as stored.
+BF16_ISLANDS = (*GROUP_PATTERNS["head"], rf"{_BLOCK}\.attn\.(?:indexer\.)?compressor\.(?:wkv|wgate)")
 # Routed experts stored as one stacked parameter [E, out, in] (named without `.weight`).
 STACKED_EXPERTS = rf"{_BLOCK}\.ffn\.experts\.(?:w1|w2|w3)"
 

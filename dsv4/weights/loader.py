@@ -8,6 +8,7 @@ front), so the process holds the loaded weights plus about one unit's temporarie
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -18,27 +19,31 @@ from dsv4.model.transformer import Transformer, cast_model
 from dsv4.offload import OffloadConfig, offload_experts
 from dsv4.quant import Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
-from dsv4.quant.linear import QuantWeight
+from dsv4.quant.linear import Bf16Linear, QuantWeight
+from dsv4.quant.recipes import GROUPS
+from dsv4.quant.experts import fuse_experts
+from dsv4.quant.transform import BF16_ISLANDS, classify
 from dsv4.weights.checkpoint import CheckpointError, checkpoint_files
 from dsv4.weights.gguf_reader import open_checkpoint
 from dsv4.weights.layout import Entry, plan
 from dsv4.weights.sources import FLOAT, CheckpointSource, convert
 
-__all__ = ["CheckpointError", "checkpoint_files", "load_model"]
+__all__ = ["CheckpointError", "checkpoint_files", "load_model", "stored_recipe"]
 
-_ALL_FLOAT = get_recipe("BF16")
+STORED = "stored"  # load_model's default recipe: every matrix as the checkpoint stores it
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                simulate_quant: bool | None = None, recipe: str | Recipe | None = None,
                expert_budget: OffloadConfig | str | int | None = None) -> Transformer:
-    """Load a checkpoint directory or a dsv4 GGUF file (its recipe's formats are what it stores).
+    """Load a checkpoint directory or a dsv4 GGUF file.
 
+    dtype: the activation dtype, and that of every weight held as a plain float (norms, wo_a, ...).
     simulate_quant: None = on for checkpoints whose config has a `quantization_config` (official FP8).
-    recipe: None = every matrix in `dtype` (quantized stored weights are dequantized tensor by tensor); a recipe
-    name = matrices of the groups it quantizes stay in its format in memory (QuantLinear / QuantEmbedding): copied
-    as stored when the checkpoint already holds that format (official FP8/FP4 under "FP4"), else converted per
-    tensor while streaming.
+    recipe: None (or "stored") = every matrix as the file stores it: FP8/FP4/GGUF blocks stay those bytes in memory
+    (QuantLinear / QuantEmbedding, computed by the native kernels), and the fp32 islands the file stores in bf16
+    (head, compressors) stay bf16 computed in fp32 (Bf16Linear). "BF16" = every matrix dequantized into `dtype`
+    (the plain float model). Another recipe name = its groups converted to its formats while streaming.
     expert_budget: None = every routed expert resident; a size ("4GB", or bytes) or an OffloadConfig = routed
     experts stay in the checkpoint, read on demand into an LRU cache of that many bytes (dsv4.offload; same numerics).
     """
@@ -49,19 +54,48 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     with torch.device("meta"):
         model = Transformer(cfg)
     source = CheckpointSource(ckpt, model)
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    entries = plan(model, recipe or _ALL_FLOAT)
+    keep_stored = recipe in (None, STORED)
+    recipe = stored_recipe(source) if keep_stored else get_recipe(recipe) if isinstance(recipe, str) else recipe
+    entries = plan(model, recipe)
     cast_model(model, dtype)  # on meta: sets every float dtype (fp32 islands; QuantEmbedding's output dtype)
-    if recipe is not None:
-        with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
-            prepare_module(model, recipe)
+    with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
+        prepare_module(model, recipe)
+        if keep_stored:
+            _keep_bf16_islands(model, source)
     if expert_budget is not None:
         entries = offload_experts(model, source, entries, expert_budget, fill_unit, device)
     for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
         fill_unit(model, entry, source, device)
     unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not unfilled, f"plan() left {unfilled[:3]} unfilled"
-    return cast_model(model, dtype).eval()
+    return fuse_experts(cast_model(model, dtype).eval())
+
+
+def stored_recipe(source: CheckpointSource) -> Recipe:
+    """The recipe that keeps every matrix of `source` in its stored format: the checkpoint's own (quantization.json,
+    GGUF metadata), else per group the one format its matrices are stored in ("bf16", i.e. plain float, for float
+    groups). CheckpointError when a group mixes formats the recipes cannot express."""
+    if source.ckpt.recipe is not None:
+        return source.ckpt.recipe
+    per_group: dict[str, set[str]] = {}
+    for name, fmt in source.formats.items():
+        group = classify(name) if fmt is not None else None
+        if group is not None:
+            per_group.setdefault(group, set()).add("bf16" if fmt == FLOAT else fmt)
+    mixed = {g: sorted(f) for g, f in per_group.items() if len(f) > 1}
+    if mixed:
+        raise CheckpointError(f"{source.ckpt.path}: groups stored in several formats {mixed}; load it with "
+                              "recipe='BF16' (dequantized) or a named recipe")
+    return Recipe(STORED, **{g: next(iter(per_group.get(g, {"bf16"}))) for g in GROUPS})
+
+
+def _keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
+    """Swap the fp32-island linears (head, compressors) the checkpoint stores in bf16 for Bf16Linear (on meta)."""
+    for name, module in list(model.named_modules()):
+        if (type(module) is nn.Linear and any(re.fullmatch(p, name) for p in BF16_ISLANDS)
+                and source.stored_dtype(f"{name}.weight") == torch.bfloat16):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, Bf16Linear(module.in_features, module.out_features))
 
 
 def fill_unit(root: nn.Module, entry: Entry, source, device, at: str | None = None) -> None:

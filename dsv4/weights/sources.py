@@ -94,6 +94,10 @@ class CheckpointSource:
         if dtype is not None and found_dtype != dtype:
             raise CheckpointError(f"tensor {key!r}: expected dtype {dtype}, found {found_dtype}")
 
+    def stored_dtype(self, name: str) -> torch.dtype:
+        """The on-disk dtype of stored tensor `name` (official name), from its header."""
+        return self.ckpt.spec(self.stored[name])[1]
+
     def matrix(self, entry: Entry) -> tuple[str, Buffers]:
         fmt = self.formats[entry.name]
         return fmt, {k.rpartition(".")[2]: self.ckpt.read(self.stored[k]) for k in stored_specs(entry, fmt)}

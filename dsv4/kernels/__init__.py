@@ -1,0 +1,233 @@
+"""dsv4's native CPU kernels: quantized matmuls and the fused routed-experts op, on the weights' stored bytes.
+
+The C sources in `src/` are built once per instruction set (avx512, avx2, generic C) the first time they are needed
+and cached (see `build`); the best set this CPU has is used. Without a compiler, or with DSV4_KERNELS=off, every
+op reports unavailable and callers (dsv4.quant) run their PyTorch reference, after one warning saying how to get
+the fast path. The PyTorch code stays the reference the kernels are tested against.
+
+    backend() -> "avx512" | "avx2" | "generic" | None     the active instruction set (None: PyTorch path)
+    set_backend(name) / using(name)                      choose one (tests force each, and None)
+    supports(fmt) -> bool                                the active library computes this weight format
+    matmul(fmt, weight, scale, n, k, x) -> fp32 [..., n]
+    dequantize(fmt, weight, scale, n, k, rows) -> fp32 [r, k]
+    moe(...)                                             see `moe` below
+    set_threads(n), threads(), read_probe(buffer)
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from contextlib import contextmanager
+
+import torch
+
+from .toolchain import ISAS, BuildError, build, supported_isas
+
+FORMAT_IDS = {"bf16": 0, "fp8": 1, "fp4": 2, "q8_0": 3, "q4_0": 4, "q5_0": 5, "q2_k": 6, "q3_k": 7, "q4_k": 8,
+              "q5_k": 9, "q6_k": 10}
+_ERRORS = {-1: "format not supported by this build", -2: "shape not supported", -3: "out of memory",
+           -4: "an expert id out of range, or an active expert whose weights were not passed"}
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+class KernelError(RuntimeError):
+    """A native op rejected its arguments (the message names the op and the reason)."""
+
+
+class Library:
+    """One compiled instruction-set variant of the kernels, loaded with ctypes."""
+
+    def __init__(self, isa: str):
+        self.isa = isa
+        self.lib = ctypes.CDLL(str(build(isa)))
+        sig = {
+            "dsv4k_matmul": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _PTR, ctypes.c_int, _I64, _PTR]),
+            "dsv4k_dequant": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR]),
+            "dsv4k_moe": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, _I64, _PTR, _I64, _I64, _PTR, ctypes.c_int,
+                                         _I64, _I64, _PTR, _PTR, ctypes.c_float, ctypes.c_int, _PTR]),
+            "dsv4k_supports": (ctypes.c_int, [ctypes.c_int]),
+            "dsv4k_set_threads": (ctypes.c_int, [ctypes.c_int]),
+            "dsv4k_get_threads": (ctypes.c_int, []),
+            "dsv4k_read_probe": (ctypes.c_uint64, [_PTR, _I64]),
+            "dsv4k_isa": (ctypes.c_char_p, []),
+        }
+        for name, (res, args) in sig.items():
+            fn = getattr(self.lib, name)
+            fn.restype, fn.argtypes = res, args
+        built = self.lib.dsv4k_isa().decode()
+        if built != isa:
+            raise BuildError(f"the {isa} build reports instruction set {built}: compiler flags not honoured")
+        self.formats = {f for f, i in FORMAT_IDS.items() if self.lib.dsv4k_supports(i)}
+        self.lib.dsv4k_set_threads(default_threads())
+
+
+_libraries: dict[str, Library] = {}
+_selected: list[str | None] = []  # [] until first use: then [the active isa or None]
+_warned: set[str] = set()
+
+
+def default_threads() -> int:
+    """Physical cores this process may run on (hardware threads share a core's memory bandwidth and vector units)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    try:
+        cores, cpu = set(), None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "processor":
+                    cpu, phys = int(value), "0"
+                elif key == "physical id":
+                    phys = value.strip()
+                elif key == "core id" and cpu in cpus:
+                    cores.add((phys, value.strip()))
+        return max(1, len(cores)) if cores else len(cpus)
+    except OSError:
+        return len(cpus)
+
+
+def _load(isa: str) -> Library:
+    if isa not in _libraries:
+        _libraries[isa] = Library(isa)
+    return _libraries[isa]
+
+
+def _initial_backend() -> str | None:
+    wanted = os.environ.get("DSV4_KERNELS", "auto").strip().lower()
+    if wanted in ("off", "0", "none", "torch"):
+        return None
+    candidates = supported_isas() if wanted == "auto" else [wanted]
+    try:
+        return _load(candidates[0]).isa
+    except (BuildError, OSError) as e:
+        _warn_once(f"dsv4: native CPU kernels unavailable ({e}); running the PyTorch path, several times slower. "
+                   "Install a C compiler (e.g. `apt install gcc`) to get the fast path.")
+        return None
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def library() -> Library | None:
+    """The active kernel library, built on first use; None when the PyTorch path runs."""
+    if not _selected:
+        _selected.append(_initial_backend())
+    return None if _selected[0] is None else _libraries[_selected[0]]
+
+
+def backend() -> str | None:
+    """The active instruction set ("avx512", "avx2", "generic"), or None for the PyTorch path."""
+    lib = library()
+    return lib.isa if lib else None
+
+
+def describe() -> str:
+    """One line for --stats and benchmarks: which path runs the quantized matmuls."""
+    lib = library()
+    return f"native {lib.isa}, {threads()} threads" if lib else "PyTorch fallback"
+
+
+def set_backend(isa: str | None) -> None:
+    """Use instruction set `isa` (built if needed; BuildError if it cannot be), or None for the PyTorch path."""
+    if isa is not None and isa not in ISAS:
+        raise BuildError(f"unknown instruction set {isa!r}; known: {', '.join(ISAS)}")
+    if isa is not None:
+        _load(isa)
+    _selected[:] = [isa]
+
+
+@contextmanager
+def using(isa: str | None):
+    """Run a block with instruction set `isa` (None: the PyTorch path), restoring the previous choice after."""
+    before = backend()
+    set_backend(isa)
+    try:
+        yield
+    finally:
+        set_backend(before)
+
+
+def supports(fmt: str) -> bool:
+    """True when the active library computes weight format `fmt` natively."""
+    lib = library()
+    return lib is not None and fmt in lib.formats
+
+
+def set_threads(n: int) -> int:
+    """Size the kernels' thread pool (the caller plus n - 1 workers); returns the size in effect."""
+    lib = library()
+    return lib.lib.dsv4k_set_threads(int(n)) if lib else 0
+
+
+def threads() -> int:
+    lib = library()
+    return lib.lib.dsv4k_get_threads() if lib else 0
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check(code: int, op: str, fmt: str) -> None:
+    if code != 0:
+        raise KernelError(f"{op}({fmt}): {_ERRORS.get(code, f'error {code}')}")
+
+
+def _activations(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x as a contiguous CPU tensor the kernels read: fp32, or bf16 (flag 1)."""
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float()
+    return x.contiguous(), int(x.dtype == torch.bfloat16)
+
+
+def matmul(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k: int, x: torch.Tensor) -> torch.Tensor:
+    """x [..., k] @ W^T for W [n, k] stored as `weight` (+ `scale`) in format `fmt` -> fp32 [..., n].
+
+    fp8/fp4 quantize the activations per 128 as the reference GEMM does; the sums are fp32."""
+    lib = library()
+    x, is_bf16 = _activations(x)
+    out = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+    m = x.numel() // k if k else 0
+    _check(lib.lib.dsv4k_matmul(FORMAT_IDS[fmt], _ptr(weight), _ptr(scale), n, k, _ptr(x), is_bf16, m, _ptr(out)),
+           "matmul", fmt)
+    return out
+
+
+def dequantize(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k: int, rows: slice) -> torch.Tensor:
+    """Rows `rows` (a slice with step 1) of W [n, k] as stored, in fp32 [r, k]."""
+    lib = library()
+    r0, r1, step = rows.indices(n)
+    if step != 1:
+        raise KernelError(f"dequantize({fmt}): rows must be a contiguous slice, found step {step}")
+    out = torch.empty(max(r1 - r0, 0), k, dtype=torch.float32)
+    _check(lib.lib.dsv4k_dequant(FORMAT_IDS[fmt], _ptr(weight), _ptr(scale), n, k, r0, max(r1, r0), _ptr(out)),
+           "dequantize", fmt)
+    return out
+
+
+def read_probe(buffer: torch.Tensor) -> int:
+    """Read every byte of a contiguous CPU tensor once with every pool thread (the memory-bandwidth probe)."""
+    lib = library()
+    return lib.lib.dsv4k_read_probe(_ptr(buffer), buffer.numel() * buffer.element_size())
+
+
+def moe(fmt_in: str, fmt_out: str, ptrs: torch.Tensor, dim: int, inter: int, x: torch.Tensor, idx: torch.Tensor,
+        weights: torch.Tensor, limit: float) -> torch.Tensor:
+    """The routed experts of one MoE layer in one native call: fp32 [T, dim] = sum_k weights[t,k] E_{idx[t,k]}(x[t]).
+
+    ptrs: int64 [E, 6], per expert the addresses of w1, w1.scale, w3, w3.scale, w2, w2.scale (0: no scale, or an
+    expert not passed); w1/w3 [inter, dim] in fmt_in, w2 [dim, inter] in fmt_out. x [T, dim] fp32 or bf16 (bf16:
+    every intermediate is rounded to bf16 as the PyTorch experts' outputs are); idx int64 / weights fp32 [T, k].
+    """
+    lib = library()
+    x, is_bf16 = _activations(x)
+    idx, weights = idx.to(torch.int64).contiguous(), weights.to(torch.float32).contiguous()
+    out = torch.empty(x.shape[0], dim, dtype=torch.float32)
+    _check(lib.lib.dsv4k_moe(FORMAT_IDS[fmt_in], FORMAT_IDS[fmt_out], ptrs.shape[0], _ptr(ptrs.contiguous()), dim,
+                             inter, _ptr(x), is_bf16, x.shape[0], idx.shape[1], _ptr(idx), _ptr(weights),
+                             float(limit), is_bf16, _ptr(out)), "moe", f"{fmt_in}/{fmt_out}")
+    return out

@@ -1,0 +1,113 @@
+/* The entry points Python calls (through ctypes): matmul, dequantize, and what this build supports.
+ *
+ * matmul: activations are prepared once (quantized as the format's reference GEMM does), then the weight's rows
+ * are split into blocks that the pool's threads take in turn; each row is read from memory once per call.
+ */
+#include <stdlib.h>
+
+#include "dsv4k.h"
+
+enum { OK = 0, ERR_FORMAT = -1, ERR_SHAPE = -2, ERR_MEMORY = -3 };
+
+const dsv4k_format *dsv4k_format_of(int fmt) {
+    const dsv4k_format *f = dsv4k_official_format(fmt);
+    return f ? f : dsv4k_gguf_format(fmt);
+}
+
+DSV4K_API const char *dsv4k_isa(void) {
+#if defined(DSV4K_AVX512)
+    return "avx512";
+#elif defined(DSV4K_AVX2)
+    return "avx2";
+#else
+    return "generic";
+#endif
+}
+
+DSV4K_API int dsv4k_supports(int fmt) { return dsv4k_format_of(fmt) != NULL; }
+
+/* Rows per task: enough tasks for every thread to stay busy to the end, but blocks large enough that a task's
+ * fixed cost (and splitting a weight's stream) stays small. */
+int64_t dsv4k_rows_per_task(int64_t n, int64_t k) {
+    int64_t tasks = (int64_t)dsv4k_get_threads() * 8;
+    int64_t rows = (n + tasks - 1) / tasks, min_rows = 32768 / (k > 0 ? k : 1) + 1;
+    return rows > min_rows ? rows : min_rows;
+}
+
+/* x [m, k] (fp32, or bf16 when x_bf16) -> fp32 copy, or x itself when it already is fp32. */
+float *dsv4k_f32_input(const void *x, int x_bf16, int64_t count) {
+    if (!x_bf16) return (float *)x;
+    float *f = malloc((size_t)count * sizeof(float));
+    if (f)
+        for (int64_t i = 0; i < count; i++) f[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    return f;
+}
+
+typedef struct {
+    const dsv4k_format *f;
+    const dsv4k_weight *w;
+    const void *act;
+    int64_t m, rows_per_task;
+    float *out;
+} matmul_ctx;
+
+static void matmul_task(void *p, int64_t t) {
+    matmul_ctx *c = p;
+    int64_t r0 = t * c->rows_per_task, r1 = r0 + c->rows_per_task;
+    c->f->rows(c->w, c->act, c->m, r0, r1 < c->w->n ? r1 : c->w->n, c->out + r0, c->w->n);
+}
+
+int dsv4k_check(const dsv4k_format *f, int64_t n, int64_t k) {
+    if (!f) return ERR_FORMAT;
+    if (n < 0 || k <= 0 || k % f->k_align) return ERR_SHAPE;
+    return OK;
+}
+
+/* out [m, n] fp32 = x [m, k] @ W^T for W [n, k] stored in format `fmt` (w, and s for fp8/fp4). */
+DSV4K_API int dsv4k_matmul(int fmt, const void *w, const void *s, int64_t n, int64_t k, const void *x, int x_bf16,
+                           int64_t m, float *out) {
+    const dsv4k_format *f = dsv4k_format_of(fmt);
+    int err = dsv4k_check(f, n, k);
+    if (err) return err;
+    if (m <= 0 || n == 0) return OK;
+    dsv4k_weight W = {fmt, w, s, n, k};
+    float *xf = dsv4k_f32_input(x, x_bf16, m * k);
+    void *act = dsv4k_alloc(f->act_bytes(m, k));
+    if (!xf || !act) {
+        if (xf != x) free(xf);
+        dsv4k_free(act);
+        return ERR_MEMORY;
+    }
+    f->prep(xf, m, k, act);
+    if (xf != x) free(xf);
+    matmul_ctx c = {f, &W, act, m, dsv4k_rows_per_task(n, k), out};
+    dsv4k_parallel(matmul_task, &c, (n + c.rows_per_task - 1) / c.rows_per_task);
+    dsv4k_free(act);
+    return OK;
+}
+
+typedef struct {
+    const dsv4k_format *f;
+    const dsv4k_weight *w;
+    int64_t r0, r1, rows_per_task;
+    float *out;
+} dequant_ctx;
+
+static void dequant_task(void *p, int64_t t) {
+    dequant_ctx *c = p;
+    int64_t a = c->r0 + t * c->rows_per_task, b = a + c->rows_per_task < c->r1 ? a + c->rows_per_task : c->r1;
+    c->f->dequant(c->w, a, b, c->out + (a - c->r0) * c->w->k);
+}
+
+/* out [r1 - r0, k] fp32 = rows r0..r1-1 of W, exactly the stored values. */
+DSV4K_API int dsv4k_dequant(int fmt, const void *w, const void *s, int64_t n, int64_t k, int64_t r0, int64_t r1,
+                            float *out) {
+    const dsv4k_format *f = dsv4k_format_of(fmt);
+    int err = dsv4k_check(f, n, k);
+    if (err) return err;
+    if (r0 < 0 || r1 > n || r0 > r1) return ERR_SHAPE;
+    dsv4k_weight W = {fmt, w, s, n, k};
+    dequant_ctx c = {f, &W, r0, r1, dsv4k_rows_per_task(r1 - r0, k), out};
+    dsv4k_parallel(dequant_task, &c, (r1 - r0 + c.rows_per_task - 1) / c.rows_per_task);
+    return OK;
+}
