@@ -16,7 +16,7 @@ X = torch.randn(2, 5, 512, generator=GEN)
 
 def reference(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """F.linear on the whole dequantized weight, after the activation rounding the format's GEMM applies."""
-    if layer.codec.act_fp8:
+    if layer.fmt in ("fp8", "fp4"):
         from dsv4.quant.fp8 import act_quant_dequant
         x = act_quant_dequant(x)
     return F.linear(x.float(), layer.dequantize())

@@ -14,7 +14,7 @@ from . import gguf_legacy, kquants
 from .bitpack import split_blocks
 from .errors import QuantShapeError, UnknownFormatError
 from .fp4 import GROUP, dequantize_fp4, quantize_fp4
-from .fp8 import BLOCK, dequantize_fp8, quantize_fp8
+from .fp8 import BLOCK, act_quant_dequant, dequantize_fp8, quantize_fp8
 
 Buffers = dict[str, torch.Tensor]
 Rows = slice | torch.Tensor
@@ -23,14 +23,14 @@ PLAIN = {"bf16": torch.bfloat16, "f16": torch.float16}
 
 @dataclass(frozen=True)
 class Codec:
-    """One quantized format. `block`: `in` must be a multiple of it. `act_fp8`: the reference GEMM rounds activations
-    to e4m3 per 128 first. `specs(out, in)` -> {buffer name: (shape, dtype)}; `quantize(w [out, in], name)` -> buffers;
+    """One quantized format. `block`: `in` must be a multiple of it. `act_round`: how the format's reference GEMM
+    rounds activations before multiplying (x [..., in] -> the rounded values in x.dtype), or None. `specs(out, in)` -> {buffer name: (shape, dtype)}; `quantize(w [out, in], name)` -> buffers;
     `dequantize(buffers, rows)` -> fp32 [r, in] for the selected output rows."""
 
     name: str
     block: int
     bytes_per_weight: float
-    act_fp8: bool
+    act_round: Callable[[torch.Tensor], torch.Tensor] | None
     specs: Callable[[int, int], dict[str, tuple[tuple[int, ...], torch.dtype]]]
     quantize: Callable[[torch.Tensor, str], Buffers]
     dequantize: Callable[[Buffers, Rows], torch.Tensor]
@@ -48,7 +48,7 @@ def _gguf_codec(name: str, block: int, type_size: int, quantize_blocks, dequanti
         b = bufs["weight"][rows]
         return dequantize_blocks(b.reshape(-1, type_size)).reshape(b.shape[0], -1)
 
-    return Codec(name, block, type_size / block, False,
+    return Codec(name, block, type_size / block, None,
                  lambda o, i: {"weight": ((o, i // block * type_size), torch.uint8)}, quantize, dequantize)
 
 
@@ -62,11 +62,11 @@ def _fp4_quantize(w: torch.Tensor, tensor: str) -> Buffers:
     return {"weight": weight, "scale": scale}
 
 
-FP8 = Codec("fp8", 1, 1 + 1 / BLOCK**2, True,  # any width: scale blocks and activation blocks may be ragged
+FP8 = Codec("fp8", 1, 1 + 1 / BLOCK**2, act_quant_dequant,  # any width: scale and activation blocks may be ragged
             lambda o, i: {"weight": ((o, i), torch.float8_e4m3fn),
                           "scale": ((ceil(o / BLOCK), ceil(i / BLOCK)), torch.float8_e8m0fnu)},
             _fp8_quantize, lambda b, rows: dequantize_fp8(b["weight"], b["scale"], rows))
-FP4 = Codec("fp4", GROUP, 0.5 + 1 / GROUP, True,
+FP4 = Codec("fp4", GROUP, 0.5 + 1 / GROUP, act_quant_dequant,
             lambda o, i: {"weight": ((o, i // 2), torch.int8), "scale": ((o, i // GROUP), torch.float8_e8m0fnu)},
             _fp4_quantize, lambda b, rows: dequantize_fp4(b["weight"], b["scale"], rows))
 CODECS: dict[str, Codec] = {c.name: c for c in [

@@ -16,7 +16,6 @@ from dsv4 import kernels
 
 from .codecs import Rows, get_codec
 from .errors import QuantShapeError
-from .fp8 import act_quant_dequant
 
 TILE_ELEMS = 1 << 21  # dequantized elements per tile: 8 MiB in fp32, a few L2/L3-sized passes per layer
 # Up to this many activation rows the native GEMV/GEMM kernels beat dequantizing tiles for torch's GEMM.
@@ -99,8 +98,8 @@ class QuantLinear(QuantWeight):
             raise QuantShapeError(f"QuantLinear({self.fmt}): input last dim {x.shape[-1]}, expected {self.in_features}")
         if _native_rows(x, self.fmt):  # quantizes fp8/fp4 activations itself, as the reference GEMM does
             return kernels.matmul(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, x).to(x.dtype)
-        if self.codec.act_fp8:
-            x = act_quant_dequant(x)
+        if self.codec.act_round is not None:
+            x = self.codec.act_round(x)
         return tiled_linear(x, self.out_features, self.tile_rows, self.dequantize)
 
     def extra_repr(self) -> str:
