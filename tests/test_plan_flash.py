@@ -31,7 +31,8 @@ EXPERT = 3 * INTER * D                                                          
 GROUP_PARAMS = {"attention": L * ATTN_LAYER + CSA * INDEXER_WQ_B, "shared_expert": L * EXPERT,
                 "routed_expert": L * E * EXPERT, "embed": VOCAB * D, "head": VOCAB * D}
 
-# Tensors no recipe touches (spec 1.4), by on-disk dtype; NORMS and COMPRESSORS are the bf16 ones the model holds fp32.
+# Tensors no recipe touches (spec 1.4), by on-disk dtype; NORMS (and, in the float model, COMPRESSORS) are the bf16
+# ones the model holds fp32.
 NORMS = L * (2 * D + Q_RANK + HEAD_DIM) + CSA * (HEAD_DIM + INDEX_DIM) + HCA * HEAD_DIM + D
 COMPRESSORS = CSA * (2 * 2 * HEAD_DIM * D + 2 * 2 * INDEX_DIM * D) + HCA * 2 * HEAD_DIM * D       # wkv + wgate
 BF16_KEPT = NORMS + COMPRESSORS + L * E * D + CSA * INDEX_HEADS * D                            # + router, weights_proj
@@ -63,11 +64,13 @@ def hand_bytes(recipe: str) -> dict[str, int]:
 
 
 def hand_memory_extra(recipe: str) -> dict[str, int]:
-    """Bytes the loaded model holds over the file, by group: wo_a dequantized to bf16, a bf16 head widened to fp32
-    (the model's logits island), norms and compressors widened to fp32."""
+    """Bytes the loaded model holds over the file, by group: wo_a dequantized to bf16 and the norms widened to fp32;
+    the bf16 head and compressors (fp32 islands) stay bf16 under a quantized recipe (computed in fp32), and are
+    widened to fp32 in the plain float model."""
     attention, head = FORMATS[recipe][0], FORMATS[recipe][4]
-    return {"attention": int(L * WO_A * (2 - BPW[attention])), "head": VOCAB * D * 2 if head == "bf16" else 0,
-            "other": 2 * (NORMS + COMPRESSORS)}
+    plain = set(FORMATS[recipe]) == {"bf16"}
+    return {"attention": int(L * WO_A * (2 - BPW[attention])), "head": VOCAB * D * 2 if plain else 0,
+            "other": 2 * (NORMS + (COMPRESSORS if plain else 0))}
 
 
 def hand_kv_bytes(context: int) -> int:

@@ -1,5 +1,6 @@
 """`dsv4 generate PROMPT`: one chat turn, answer streamed to stdout (reasoning to stderr with --show-reasoning);
---stats prints token counts, speed and (with --expert-budget) the expert cache's counters to stderr."""
+--stats prints token counts, speed, the weight bytes held in memory, which path runs the quantized matmuls and (with
+--expert-budget) the expert cache's counters to stderr."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,9 @@ import time
 from dsv4.chat import ChatRequestError, load_tokenizer, render_messages
 from dsv4.engine import EngineError, stream_chat
 from dsv4.engine.options import add_model_args, add_sampling_args, engine_from_args, request_error, sampling_from_args
+from dsv4 import kernels
 from dsv4.offload import offload_stats
+from dsv4.offload.install import module_bytes
 
 
 def register(subparsers) -> None:
@@ -52,6 +55,8 @@ def print_stats(model, prompt: int, generated: int, start: float, first: float, 
     decode = (generated - 1) / (end - first) if generated > 1 and end > first else 0.0
     print(f"[stats] prompt {prompt} tokens, generated {generated} in {end - start:.2f} s; time to first token "
           f"{first - start:.2f} s, decode {decode:.2f} tokens/s", file=sys.stderr)
+    print(f"[stats] weights {module_bytes(model) / 2**20:.1f} MiB in memory; matmuls: {kernels.describe()}",
+          file=sys.stderr)
     stats = offload_stats(model)
     if stats is not None:
         print(f"[stats] {stats.summary(prompt + generated)}", file=sys.stderr)

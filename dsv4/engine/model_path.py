@@ -28,11 +28,18 @@ def resolve_model_path(path: str | Path | None) -> Path:
     return path
 
 
-def load_for_inference(path: str | Path | None, dtype: str = "float32", expert_budget: str | None = None):
+def load_for_inference(path: str | Path | None, dtype: str = "float32", expert_budget: str | None = None,
+                       recipe: str | None = None):
     """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name; expert_budget:
-    None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see dsv4.offload)."""
+    None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see dsv4.offload); recipe: None
+    keeps the stored formats (see load_model), a recipe name converts to it ("BF16": dequantized)."""
+    from dsv4.quant import UnknownFormatError
     from dsv4.weights.loader import load_model
 
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype: expected a torch dtype name such as float32 or bfloat16, found {dtype!r}")
-    return load_model(resolve_model_path(path), dtype=getattr(torch, dtype), expert_budget=expert_budget)
+    try:
+        return load_model(resolve_model_path(path), dtype=getattr(torch, dtype), expert_budget=expert_budget,
+                          recipe=recipe)
+    except UnknownFormatError as e:
+        raise ValueError(f"recipe: {e}") from None

@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from dsv4 import kernels
 from dsv4.engine.engine import Engine, EngineConfig
 from dsv4.engine.errors import ModelNotFoundError
 from dsv4.engine.model_path import load_for_inference
@@ -14,21 +15,30 @@ from dsv4.engine.params import SamplingParams
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the bundled demo model)")
-    parser.add_argument("--dtype", default="float32", help="activation/weight dtype on CPU (default float32)")
+    parser.add_argument("--dtype", default="float32", help="activation dtype, and that of weights held as plain floats "
+                        "(default float32)")
+    parser.add_argument("--recipe", metavar="NAME", help="hold the weights in this recipe's formats (default: as the "
+                        "checkpoint stores them, FP8/FP4/GGUF blocks computed by the native kernels; BF16 = dequantize "
+                        "every matrix into --dtype)")
     parser.add_argument("--speculative", action="store_true", help="MTP speculative decoding (needs MTP weights)")
     parser.add_argument("--expert-budget", metavar="SIZE", help="keep routed experts on disk with a hot-expert cache "
                         "of SIZE in memory (e.g. 4GB, 512MiB; default: all experts in memory)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: 1 for models with "
-                        f"hidden size below {SMALL_HIDDEN}, torch's default otherwise)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch and the native kernels' pool "
+                        f"(default: 1 for models with hidden size below {SMALL_HIDDEN}; otherwise torch's default, and "
+                        "every physical core for the bandwidth-bound kernels)")
 
 
 SMALL_HIDDEN = 1024  # below this, ops are too small to split: extra threads only wait on each other
 
 
-def default_threads(hidden_size: int) -> int:
-    """Threads for a model of this width: one for small models (on a busy machine several threads made the demo
-    model's decode ~20x slower, 2.4 vs 53 tokens/s), torch's default for real ones."""
-    return 1 if hidden_size < SMALL_HIDDEN else torch.get_num_threads()
+def default_threads(hidden_size: int) -> tuple[int, int]:
+    """(torch threads, kernel pool threads) for a model of this width: one each for small models (on a busy machine
+    several threads made the demo model's decode ~20x slower, 2.4 vs 53 tokens/s; its kernels gain nothing from a
+    second thread either, 58.5 vs 62.8 tokens/s), else torch's default and every physical core for the kernels,
+    whose decode is bound by memory bandwidth."""
+    if hidden_size < SMALL_HIDDEN:
+        return 1, 1
+    return torch.get_num_threads(), kernels.default_threads()
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int = 512) -> None:
@@ -52,11 +62,14 @@ def load_model_or_explain(args: argparse.Namespace):
     """The model for `--model` (or the demo model), with torch's thread count set for it (`--threads`); None after
     printing why it cannot be loaded."""
     try:
-        model = load_for_inference(args.model, args.dtype, args.expert_budget)
+        model = load_for_inference(args.model, args.dtype, args.expert_budget, args.recipe)
     except (ModelNotFoundError, ValueError) as e:
         print(f"dsv4 {args.command}: {e}", file=sys.stderr)
         return None
-    torch.set_num_threads(args.threads or default_threads(model.cfg.hidden_size))
+    torch_threads, kernel_threads = default_threads(model.cfg.hidden_size)
+    torch.set_num_threads(args.threads or torch_threads)
+    kernel_threads = args.threads or kernel_threads
+    kernels.set_threads(kernel_threads)
     return model
 
 

@@ -128,7 +128,8 @@ def backend() -> str | None:
 def describe() -> str:
     """One line for --stats and benchmarks: which path runs the quantized matmuls."""
     lib = library()
-    return f"native {lib.isa}, {threads()} threads" if lib else "PyTorch fallback"
+    n = threads()
+    return f"native {lib.isa}, {n} thread{'s' if n != 1 else ''}" if lib else "PyTorch fallback"
 
 
 def set_backend(isa: str | None) -> None:

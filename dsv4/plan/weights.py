@@ -9,6 +9,7 @@ the rest (norms, router weight, compressors, indexer weights_proj).
 
 In memory the model is bf16 with its fp32 islands (`fp32_island_names`: norms, mHC, sinks, compressors, gate bias,
 head); quantized groups keep their stored buffers, except wo_a (`FLOAT_IN_MEMORY`), held float whatever its format.
+Under a quantized recipe the islands stored in bf16 (`BF16_ISLANDS`: head, compressors) stay bf16 (Bf16Linear).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dsv4.config import ModelConfig
 from dsv4.model.counts import ParamCounts, counts_from_numels
 from dsv4.quant.codecs import PLAIN, get_codec
 from dsv4.quant.recipes import Recipe
-from dsv4.quant.transform import FLOAT_IN_MEMORY, classify
+from dsv4.quant.transform import BF16_ISLANDS, FLOAT_IN_MEMORY, classify
 
 from .errors import PlanError
 
@@ -38,7 +39,8 @@ class TensorInfo:
     """One checkpoint tensor: official name, shape, recipe group (or KEPT) and in-model dtype.
 
     parameter: a parameter (counted in the parameter totals), not a buffer; fp32: an fp32 island in memory;
-    held_float: a matrix held float in memory even when its group's format is quantized (wo_a).
+    held_float: a matrix held float in memory even when its group's format is quantized (wo_a); bf16_island: an fp32
+    island a quantized recipe holds in its stored bf16.
     """
 
     name: str
@@ -48,6 +50,7 @@ class TensorInfo:
     parameter: bool
     fp32: bool = False
     held_float: bool = False
+    bf16_island: bool = False
 
     @property
     def numel(self) -> int:
@@ -68,8 +71,9 @@ def tensor_inventory(cfg: ModelConfig) -> list[TensorInfo]:
     matrices = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
     groups = {f"{n}.weight": classify(n) or KEPT for n in matrices}
     held = {f"{n}.weight" for n in matrices if any(re.fullmatch(p, n) for p in FLOAT_IN_MEMORY)}
+    bf16 = {f"{n}.weight" for n in matrices if any(re.fullmatch(p, n) for p in BF16_ISLANDS)}
     params, fp32 = dict(model.named_parameters()), fp32_island_names(model)
-    return [TensorInfo(n, tuple(t.shape), groups.get(n, KEPT), t.dtype, n in params, n in fp32, n in held)
+    return [TensorInfo(n, tuple(t.shape), groups.get(n, KEPT), t.dtype, n in params, n in fp32, n in held, n in bf16)
             for n, t in model.state_dict(keep_vars=True).items()]
 
 
@@ -102,12 +106,14 @@ def tensor_bytes(t: TensorInfo, recipe: Recipe) -> int:
 
 def memory_bytes(t: TensorInfo, recipe: Recipe) -> int:
     """Bytes of one tensor in the loaded model: quantized buffers as stored, integers at their dtype, float tensors
-    at 4 bytes (fp32 islands) or the model's bf16."""
+    at 4 bytes (fp32 islands; bf16 islands of a quantized recipe at their stored 2) or the model's bf16."""
     quantized = t.group != KEPT and recipe.format_of(t.group, t.shape[-1]) not in PLAIN and not t.held_float
     if quantized:
         return tensor_bytes(t, recipe)
     if not t.dtype.is_floating_point:
         return t.numel * t.dtype.itemsize
+    if t.bf16_island and recipe.quantizes:
+        return tensor_bytes(t, recipe)
     return t.numel * (4 if t.fp32 else MODEL_ITEMSIZE)
 
 

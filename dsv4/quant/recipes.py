@@ -8,7 +8,7 @@ shared expert, head) and the nominal type on the routed experts, which hold ~95%
 """
 from dataclasses import dataclass, fields
 
-from .codecs import FORMATS, bytes_per_weight
+from .codecs import FORMATS, PLAIN, bytes_per_weight
 from .errors import UnknownFormatError
 
 
@@ -39,6 +39,11 @@ class Recipe:
         if row_length is not None and fmt in KQUANT_FALLBACK and row_length % QK_K:
             return KQUANT_FALLBACK[fmt]
         return fmt
+
+    @property
+    def quantizes(self) -> bool:
+        """Whether any group is held in a quantized format (False for the plain float recipes)."""
+        return any(getattr(self, g) not in PLAIN for g in GROUPS)
 
     def bytes_per_weight(self, group: str) -> float:
         """Storage bytes per weight of `group` under this recipe (for the memory planner)."""

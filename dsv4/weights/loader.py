@@ -41,9 +41,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     dtype: the activation dtype, and that of every weight held as a plain float (norms, wo_a, ...).
     simulate_quant: None = on for checkpoints whose config has a `quantization_config` (official FP8).
     recipe: None (or "stored") = every matrix as the file stores it: FP8/FP4/GGUF blocks stay those bytes in memory
-    (QuantLinear / QuantEmbedding, computed by the native kernels), and the fp32 islands the file stores in bf16
-    (head, compressors) stay bf16 computed in fp32 (Bf16Linear). "BF16" = every matrix dequantized into `dtype`
-    (the plain float model). Another recipe name = its groups converted to its formats while streaming.
+    (QuantLinear / QuantEmbedding, computed by the native kernels). "BF16" = every matrix dequantized into `dtype`
+    (the plain float model). Another recipe name = its groups converted to its formats while streaming. Under a
+    quantized recipe the fp32 islands the file stores in bf16 (head, compressors) stay bf16, computed in fp32
+    (Bf16Linear: the same values at half the bytes).
     expert_budget: None = every routed expert resident; a size ("4GB", or bytes) or an OffloadConfig = routed
     experts stay in the checkpoint, read on demand into an LRU cache of that many bytes (dsv4.offload; same numerics).
     """
@@ -54,13 +55,14 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     with torch.device("meta"):
         model = Transformer(cfg)
     source = CheckpointSource(ckpt, model)
-    keep_stored = recipe in (None, STORED)
-    recipe = stored_recipe(source) if keep_stored else get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if recipe in (None, STORED):
+        recipe = stored_recipe(source)
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     entries = plan(model, recipe)
     cast_model(model, dtype)  # on meta: sets every float dtype (fp32 islands; QuantEmbedding's output dtype)
     with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
         prepare_module(model, recipe)
-        if keep_stored:
+        if recipe.quantizes:
             _keep_bf16_islands(model, source)
     if expert_budget is not None:
         entries = offload_experts(model, source, entries, expert_budget, fill_unit, device)
