@@ -7,7 +7,8 @@ Quality (a small model trained here for a few minutes):
    as a BF16 checkpoint (kept in OUT/quality_model and reused).
 2. For each recipe: `convert_checkpoint` (size on disk), then in a fresh process `load_model(..., recipe=R)`
    (bytes of the loaded weights) and held-out logits.
-3. Against the BF16 model: mean per-token KL(bf16 || recipe) of the next-token distributions and perplexity.
+3. Against the BF16 model, with logits from decode steps (the native kernels' path): mean per-token KL(bf16 ||
+   recipe) of the next-token distributions, top-1 agreement and perplexity.
 Memory (a random model of ~250M parameters, so that weights dominate; `--memory-model 20M` on a busy machine):
 4. For each recipe: write the random model in that recipe, streamed unit by unit (never whole in memory); load it
    under the recipe in a fresh process; resident set after the load minus that of a process that only imported
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -107,17 +109,17 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def measure(path: str, recipe: str, held_out: str) -> None:
-    """(Child process.) Load `path` under `recipe`; print the weight bytes and save held-out logits."""
-    from dsv4 import load_model
-    from dsv4.quant.errors import QuantShapeError
-    try:
-        model, dequantized = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe), False
-    except QuantShapeError:  # fp8 GEMMs quantise activations per 128: narrower inputs load dequantized (same weights)
-        model, dequantized = load_model(path, dtype=torch.bfloat16, simulate_quant=False), True
+    """(Child process.) Load `path` under `recipe`; print the weight bytes and which path ran the matmuls, and save
+    held-out logits computed one position at a time (decode steps of all rows together: the path users decode on,
+    the native kernels where they are available)."""
+    from dsv4 import kernels, load_model
+    model = load_model(path, dtype=torch.bfloat16, simulate_quant=False, recipe=recipe)
+    rows = torch.load(held_out)[:, :-1]
+    cache = model.make_cache(rows.shape[0])
     with torch.no_grad():
-        logits = model(torch.load(held_out)[:, :-1])
+        logits = torch.cat([model(rows[:, i:i + 1], cache) for i in range(rows.shape[1])], 1)
     torch.save(logits, f"{held_out}.{recipe}.pt")
-    print(json.dumps({"weight_bytes": weight_bytes(model), "dequantized": dequantized}))
+    print(json.dumps({"weight_bytes": weight_bytes(model), "matmuls": kernels.describe()}))
 
 
 def measure_empty() -> None:
@@ -213,13 +215,14 @@ def memory(recipes: list[str], model: str, work: Path) -> dict:
     return {"model": model, "config": MEMORY_MODELS[model], "fixed_overhead_bytes": fixed, "recipes": rows}
 
 
-def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
-    """Mean per-token KL(ref || logits) and the perplexity of `logits` on `targets`, over the positions `weights`
-    marks (1 = counted)."""
+def quality(ref: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
+    """Over the positions `weights` marks (1 = counted): mean per-token KL(ref || logits), the share of positions
+    whose top-1 token equals ref's, and the perplexity of `logits` on `targets`."""
     lp, lq = F.log_softmax(ref.float(), -1), F.log_softmax(logits.float(), -1)
-    kl = ((lp.exp() * (lp - lq)).sum(-1) * weights).sum().item() / weights.sum().item()
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-    return kl, (nll * weights.flatten()).sum().div(weights.sum()).exp().item()
+    mean = lambda v: (v * weights).sum().item() / weights.sum().item()  # noqa: E731
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(targets.shape)
+    return {"kl": mean((lp.exp() * (lp - lq)).sum(-1)), "top1": mean((ref.argmax(-1) == logits.argmax(-1)).float()),
+            "ppl": math.exp(mean(nll))}
 
 
 def run_recipe(model_dir: Path, recipe: str, work: Path, held_out: Path) -> dict:
@@ -265,9 +268,9 @@ def quality_part(recipes: list[str], steps: int, out: Path, model: Path | None =
     rows = {r: run_recipe(model_dir, r, work, held_out) for r in ["BF16", *[r for r in recipes if r != "BF16"]]}
     ref = torch.load(f"{held_out}.BF16.pt")
     for r, row in rows.items():
-        row["kl"], row["ppl"] = quality(ref, torch.load(f"{held_out}.{r}.pt"), targets, weights)
+        row |= quality(ref, torch.load(f"{held_out}.{r}.pt"), targets, weights)
         print(f"{r:10s} disk {row['disk_bytes'] / 1e6:6.2f} MB  weights {row['weight_bytes'] / 1e6:6.2f} MB  "
-              f"KL {row['kl']:.5f}  ppl {row['ppl']:.3f}", flush=True)
+              f"KL {row['kl']:.5f}  top-1 {row['top1']:.1%}  ppl {row['ppl']:.3f}  ({row['matmuls']})", flush=True)
     return {"metric": "mean per-token KL(bf16 || recipe) of next-token logits, held-out task text"
                       + (" (assistant tokens of chat conversations)" if model is not None else ""),
             "recipes": {r: row["kl"] for r, row in rows.items()}, "table": rows,

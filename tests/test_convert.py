@@ -157,3 +157,24 @@ def test_bf16_load_with_a_recipe_runs_in_bf16_and_matches_fp32(q8):
     with torch.no_grad():
         a, b = half(ids), full(ids)
     assert (a - b).norm() / b.norm() < 0.05
+
+
+def test_mxfp4_gguf_keeps_the_official_fp4_experts_bit_for_bit(official, tmp_path):
+    """`--recipe MXFP4`: FP4 experts repacked as ggml MXFP4 (gguf's own dequantize gives our FP4 values exactly),
+    FP8 matrices widened to BF16 (exact); read back, the experts hold the official bytes again."""
+    dst = tmp_path / "m.gguf"
+    assert main(["convert", str(official), str(dst), "--recipe", "MXFP4"]) == 0
+    tensors = {t.name: t for t in gguf.GGUFReader(dst).tensors}
+    q = dsv4.load_model(official, dtype=torch.float32, simulate_quant=False)
+    t = tensors["blk.1.ffn_down_exps.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.MXFP4
+    want = torch.stack([e.w2.dequantize() for e in q.layers[1].ffn.experts])
+    assert np.array_equal(dequantize(np.asarray(t.data), t.tensor_type), want.numpy())
+    a = tensors["blk.0.attn_q_a.weight"]
+    assert a.tensor_type == gguf.GGMLQuantizationType.BF16
+    assert np.array_equal(dequantize(np.asarray(a.data), a.tensor_type), q.layers[0].attn.wq_a.dequantize().numpy())
+    back = dsv4.load_model(dst, dtype=torch.float32, simulate_quant=False)
+    for mine, theirs in zip(q.layers[1].ffn.experts, back.layers[1].ffn.experts):
+        assert mine.w2.fmt == theirs.w2.fmt == "fp4"
+        assert torch.equal(mine.w2.weight, theirs.w2.weight) and torch.equal(mine.w2.scale.view(torch.uint8),
+                                                                            theirs.w2.scale.view(torch.uint8))

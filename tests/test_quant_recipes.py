@@ -27,7 +27,7 @@ def test_gguf_bytes_per_weight_match_ggml_sizes():
 
 
 def test_unknown_recipe_lists_the_valid_names():
-    with pytest.raises(UnknownFormatError, match="valid recipes: BF16, FP8, FP4, FP4-FP8EH, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K"):
+    with pytest.raises(UnknownFormatError, match="valid recipes: BF16, FP8, FP4, FP4-FP8EH, MXFP4, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q3_K_M, Q2_K"):
         get_recipe("q4_k_m")
 
 

@@ -67,3 +67,18 @@ def fp4_to_fp8(weight: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor,
     per_group = block.repeat_interleave(BLOCK, 0)[: s.shape[0]].repeat_interleave(BLOCK // GROUP, 1)[:, : s.shape[1]]
     values = _values(weight)
     return scale_columns(values, s / per_group, GROUP).to(torch.float8_e4m3fn), block.to(torch.float8_e8m0fnu)
+
+
+def fp4_to_mxfp4_blocks(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Official FP4 [out, in/2] + e8m0 [out, in/32] -> ggml MXFP4 blocks uint8 [out, in/32 * 17], losslessly: per 32
+    values the scale byte, then 16 bytes whose low nibble is value j and high nibble value j + 16 (same codes)."""
+    codes = unpack_fp4(weight).view(weight.shape[0], -1, 2, GROUP // 2)  # [out, groups, halves, 16]
+    qs = codes[:, :, 0] | (codes[:, :, 1] << 4)
+    return torch.cat([scale.view(torch.uint8)[..., None], qs], -1).flatten(1)
+
+
+def mxfp4_blocks_to_fp4(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `fp4_to_mxfp4_blocks`: uint8 [out, in/32 * 17] -> (int8 [out, in/2], e8m0 [out, in/32])."""
+    b = blocks.view(blocks.shape[0], -1, 1 + GROUP // 2)
+    codes = torch.stack([b[..., 1:] & 15, b[..., 1:] >> 4], 2).flatten(1)  # value j, then value j + 16
+    return pack_fp4(codes), b[..., 0].contiguous().view(torch.float8_e8m0fnu)

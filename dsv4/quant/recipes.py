@@ -62,6 +62,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # The official release plus FP8 (same 128x128 block codec) embedding and head: for small models, where the
     # vocabulary-sized matrices dominate the bytes. Still the official file format (every FP8 tensor has its .scale).
     Recipe("FP4-FP8EH", "fp8", "fp8", "fp4", "fp8", "fp8"),
+    # The official FP4 experts with every other matrix in BF16 (FP8 -> BF16 is lossless): what llama.cpp's own
+    # conversion of the release holds (GGUF MXFP4 experts), so `dsv4 convert ... X.gguf --recipe MXFP4` writes it.
+    Recipe("MXFP4", "bf16", "bf16", "fp4", "bf16", "bf16"),
     Recipe("Q8_0", "q8_0", "q8_0", "q8_0", "q8_0", "q8_0"),
     Recipe("Q6_K", "q6_k", "q6_k", "q6_k", "q6_k", "q6_k"),
     Recipe("Q5_K_M", "q6_k", "q6_k", "q5_k", "q5_k", "q6_k"),

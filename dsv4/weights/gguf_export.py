@@ -1,8 +1,9 @@
 """Export a checkpoint under a recipe to one GGUF file (llama.cpp's `deepseek4` names, see gguf_names), streamed.
 
-Tensor types: the recipe's ggml block type for quantized matrices (the codec's bytes are exactly ggml's blocks),
-BF16 / F16 for plain matrices (all matrices written as their bytes), F32 for every other float tensor (norms, mHC, sinks, ape, gate bias), I32 for the
-tid2eid hash table. FP8 / FP4 recipes have no ggml type: use a GGUF recipe (Q8_0 ... Q2_K) or BF16.
+Tensor types: the recipe's ggml block type for quantized matrices (the codec's bytes are exactly ggml's blocks; the
+official FP4 experts repacked losslessly as MXFP4), BF16 / F16 for plain matrices (all matrices written as their
+bytes), F32 for every other float tensor (norms, mHC, sinks, ape, gate bias), I32 for the tid2eid hash table. FP8
+has no ggml type: use the MXFP4 recipe (FP8 -> BF16, FP4 -> MXFP4, both lossless), a GGUF recipe or BF16.
 Metadata: the keys llama.cpp's `deepseek4` loader reads, plus `dsv4.config` (our whole config as JSON) and
 `dsv4.recipe`.
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from dsv4.config import ModelConfig
 from dsv4.quant import Recipe
 from dsv4.quant.codecs import PLAIN
+from dsv4.quant.fp4 import fp4_to_mxfp4_blocks
 from dsv4.weights.atomic import atomic_path
 from dsv4.weights.gguf_names import EXPERTS, gguf_name
 from dsv4.weights.layout import Entry
@@ -42,8 +44,11 @@ class GGUFExportError(ValueError):
 def ggml_type(fmt: str) -> gguf.GGMLQuantizationType:
     if fmt in _PLAIN_TYPES:
         return _PLAIN_TYPES[fmt]
+    if fmt == "fp4":
+        return gguf.GGMLQuantizationType.MXFP4
     if fmt.upper() not in gguf.GGMLQuantizationType.__members__:
-        raise GGUFExportError(f"weight format {fmt!r} has no ggml type; export a Q8_0 ... Q2_K or BF16 recipe")
+        raise GGUFExportError(f"weight format {fmt!r} has no ggml type; export the MXFP4, a Q8_0 ... Q2_K or the "
+                              "BF16 recipe")
     return gguf.GGMLQuantizationType[fmt.upper()]
 
 
@@ -64,7 +69,10 @@ def _array(e: Entry, source) -> np.ndarray:
         t = source.tensor(e)
         return (t.to(torch.int32) if not t.is_floating_point() else t.float()).numpy()
     fmt, bufs = source.matrix(e)
-    w = convert(bufs, fmt, e.fmt, e.name)["weight"]
+    bufs = convert(bufs, fmt, e.fmt, e.name)
+    if e.fmt == "fp4":
+        return fp4_to_mxfp4_blocks(bufs["weight"], bufs["scale"]).numpy()
+    w = bufs["weight"]
     return (w.to(PLAIN[e.fmt]).view(torch.uint8) if e.fmt in PLAIN else w).numpy()
 
 

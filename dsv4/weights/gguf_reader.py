@@ -5,7 +5,8 @@ loader use it unchanged; and `open_checkpoint`, which picks the reader for a pat
 The file is memory-mapped by gguf.GGUFReader; `read` copies one tensor (or one expert of a stacked expert tensor).
 Names: `gguf_names.gguf_name` applied to every unit of the model's layout, so the lookup is the export's exact table
 run backwards. Types: quantized blocks come back as the uint8 [out, in / block * type_size] bytes the recipe's codec
-stores, BF16 / F16 matrices as their dtype, F32 / I32 tensors as stored (the loader casts them).
+stores (MXFP4 blocks as the official FP4 `weight` and `scale`), BF16 / F16 matrices as their dtype, F32 / I32 tensors
+as stored (the loader casts them).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dsv4.config import ConfigError, ModelConfig
 from dsv4.model.transformer import Transformer
 from dsv4.quant import get_recipe
 from dsv4.quant.errors import UnknownFormatError
+from dsv4.quant.fp4 import mxfp4_blocks_to_fp4
 from dsv4.weights.checkpoint import Checkpoint, CheckpointError
 from dsv4.weights.gguf_names import EXPERTS, gguf_name
 from dsv4.weights.layout import plan
@@ -27,6 +29,7 @@ from dsv4.weights.safetensors_io import Spec
 from dsv4.weights.sources import ANY_FORMAT
 
 MAGIC = b"GGUF"
+MXFP4_BLOCK_BYTES = 17  # ggml block_mxfp4: one e8m0 byte + 16 bytes of nibbles per 32 values
 _TORCH = {gguf.GGMLQuantizationType.F32: torch.float32, gguf.GGMLQuantizationType.F16: torch.float16,
           gguf.GGMLQuantizationType.I32: torch.int32, gguf.GGMLQuantizationType.BF16: torch.bfloat16}
 
@@ -80,6 +83,8 @@ class GGUFCheckpoint:
                 raise CheckpointError(f"{self.path}: GGUF tensor {name!r} has {tensors[name].data.shape[0]} experts, "
                                       f"expected {self.config.n_routed_experts}")
             where[f"{entry.name}.weight" if entry.is_matrix else entry.name] = (tensors[name], index)
+            if tensors[name].tensor_type == gguf.GGMLQuantizationType.MXFP4:
+                where[f"{entry.name}.scale"] = (tensors[name], index)
         unexpected = sorted(set(tensors) - {t.name for t, _ in where.values()})
         if unexpected:
             raise CheckpointError(f"{self.path}: {len(unexpected)} unexpected GGUF tensor(s), e.g. {unexpected[:3]}")
@@ -91,6 +96,11 @@ class GGUFCheckpoint:
     def spec(self, name: str) -> Spec:
         tensor, index = self._where[name]
         shape = tuple(tensor.data.shape[1:] if index is not None else tensor.data.shape)
+        if tensor.tensor_type == gguf.GGMLQuantizationType.MXFP4:  # [out, in/32 * 17] bytes -> weight, scale
+            groups = shape[-1] // MXFP4_BLOCK_BYTES
+            if name.endswith(".scale"):
+                return shape[:-1] + (groups,), torch.float8_e8m0fnu
+            return shape[:-1] + (groups * 16,), torch.int8
         dtype = _TORCH.get(tensor.tensor_type, torch.uint8)
         if dtype == torch.bfloat16:  # the reader gives BF16 as bytes [..., 2 * in]
             shape = shape[:-1] + (shape[-1] // 2,)
@@ -100,4 +110,7 @@ class GGUFCheckpoint:
         tensor, index = self._where[name]
         data = np.array(tensor.data[index] if index is not None else tensor.data)  # a private copy of the mapped bytes
         out = torch.from_numpy(data)
+        if tensor.tensor_type == gguf.GGMLQuantizationType.MXFP4:
+            weight, scale = mxfp4_blocks_to_fp4(out.reshape(-1, out.shape[-1]))
+            return (scale if name.endswith(".scale") else weight).reshape(*out.shape[:-1], -1)
         return out.view(torch.bfloat16) if tensor.tensor_type == gguf.GGMLQuantizationType.BF16 else out

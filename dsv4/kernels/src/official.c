@@ -28,8 +28,13 @@ __attribute__((constructor)) static void init_tables(void) {
 /* Software prefetch of the weight stream, one cache line per line consumed, this many bytes ahead: rows are read
  * once, and without it single-thread decode ran at a third of the read bandwidth (the hardware prefetcher alone
  * does not keep enough lines in flight while the core is busy decoding). */
+#ifndef PREFETCH_AHEAD
 #define PREFETCH_AHEAD 2048
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_AHEAD, 0, 3)
+#endif
+#ifndef PREFETCH_LOC
+#define PREFETCH_LOC 3
+#endif
+#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_AHEAD, 0, PREFETCH_LOC)
 
 static inline int64_t round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -175,12 +180,43 @@ ALWAYS_INLINE __m512 e8m0x16(const uint8_t *s, int64_t n) {
     return _mm512_castsi512_ps(f);
 }
 
+/* The 4 ue8m0 scales of one 128-weight chunk as fp32 lanes [s0 x4, s1 x4, s2 x4, s3 x4]: each byte shuffled into
+ * the top byte of its 4 lanes, shifted under the fp32 exponent. Exact for bytes 1..254 (the caller checks). */
+ALWAYS_INLINE __m512 fp4_chunk_scales(const uint8_t *s, int64_t n) {
+    static const int8_t SPREAD[64] = {
+#define LANE(b) -1, -1, -1, b
+        LANE(0), LANE(0), LANE(0), LANE(0), LANE(1), LANE(1), LANE(1), LANE(1),
+        LANE(2), LANE(2), LANE(2), LANE(2), LANE(3), LANE(3), LANE(3), LANE(3)
+#undef LANE
+    };
+    uint32_t bytes = 0;
+    if (n >= 4)
+        memcpy(&bytes, s, 4);
+    else
+        for (int64_t i = 0; i < n; i++) bytes |= (uint32_t)s[i] << (8 * i);
+    __m512i v = _mm512_shuffle_epi8(_mm512_set1_epi32((int)bytes), _mm512_loadu_si512(SPREAD));
+    return _mm512_castsi512_ps(_mm512_srli_epi32(v, 1));
+}
+
+/* Whether every scale byte of [0, n) is a normal power of two (not 0 = 2^-127 or 255 = NaN). */
+ALWAYS_INLINE int fp4_scales_normal(const uint8_t *s, int64_t n) {
+    __mmask64 bad = 0;
+    for (int64_t g = 0; g < n; g += 64) {
+        __mmask64 valid = n - g >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - g)) - 1;
+        __m512i b = _mm512_maskz_loadu_epi8(valid, s + g);
+        bad |= _mm512_mask_cmpeq_epi8_mask(valid, b, _mm512_setzero_si512()) |
+               _mm512_mask_cmpeq_epi8_mask(valid, b, _mm512_set1_epi8((char)0xff));
+    }
+    return bad == 0;
+}
+
 /* One FP4 weight row against MT fp32 activation rows (layout FP4_ACT: per 128 values, value 8i + j at 16j + i).
  * Per 128 weights (64 bytes, 16 dwords of 8 nibbles): nibble j of every dword is looked up in the 16-entry e2m1
  * table (vpermps reads only an index's low 4 bits) after a shift by 4j; dword i holds values 8i..8i+7, all in group
- * i / 4, so the unscaled sums are scaled per lane by sf4 (each group's ue8m0 scale repeated 4 times). */
-ALWAYS_INLINE void fp4_tile(const uint8_t *wr, const float *sf4, int64_t k0, int64_t k1, const float *x, int64_t xs,
-                            float *res, const int MT) {
+ * i / 4, so the unscaled sums are scaled per lane by their group's ue8m0 scale: built from the scale bytes
+ * (sf4 == NULL) or, for rows with a 0 or 255 scale byte, read from sf4 (each scale as fp32, repeated 4 times). */
+ALWAYS_INLINE void fp4_tile(const uint8_t *wr, const uint8_t *sr, const float *sf4, int64_t k0, int64_t k1,
+                            const float *x, int64_t xs, float *res, const int MT) {
     const __m512 grid = _mm512_loadu_ps(E2M1);
     __m512 acc[MT_MAX][2];
 #pragma GCC unroll 8
@@ -191,7 +227,7 @@ ALWAYS_INLINE void fp4_tile(const uint8_t *wr, const float *sf4, int64_t k0, int
         __m512i v = left >= 64 ? _mm512_loadu_si512(wr + 64 * c)
                                : _mm512_maskz_loadu_epi8((__mmask64)((1ull << left) - 1), wr + 64 * c);
         __m512 d[MT_MAX][2];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             __m512 w = _mm512_permutexvar_ps(j ? _mm512_srli_epi32(v, 4 * j) : v, grid);
 #pragma GCC unroll 8
@@ -200,8 +236,8 @@ ALWAYS_INLINE void fp4_tile(const uint8_t *wr, const float *sf4, int64_t k0, int
                 d[t][j & 1] = j < 2 ? _mm512_mul_ps(w, xv) : _mm512_fmadd_ps(w, xv, d[t][j & 1]);
             }
         }
-        const __m512 sv = _mm512_loadu_ps(sf4 + 16 * (c - k0 / 128));
-    #pragma GCC unroll 8
+        const __m512 sv = sf4 ? _mm512_loadu_ps(sf4 + 16 * (c - k0 / 128)) : fp4_chunk_scales(sr + 4 * c, left / 16);
+#pragma GCC unroll 8
         for (int t = 0; t < MT; t++) {
             acc[t][0] = _mm512_fmadd_ps(d[t][0], sv, acc[t][0]);
             acc[t][1] = _mm512_fmadd_ps(d[t][1], sv, acc[t][1]);
@@ -218,6 +254,7 @@ static void fp4_row_scales(const uint8_t *sr, int64_t groups, float *sf4) {
     for (int64_t g = 0; g < groups; g += 16) {
         __m512 s = _mm512_maskz_mov_ps((__mmask16)(groups - g >= 16 ? 0xffff : (1u << (groups - g)) - 1),
                                        e8m0x16(sr + g, groups - g));
+#pragma GCC unroll 4
         for (int q = 0; q < 4; q++)
             _mm512_storeu_ps(sf4 + 4 * g + 16 * q, _mm512_permutexvar_ps(_mm512_add_epi32(spread, _mm512_set1_epi32(4 * q)), s));
     }
@@ -485,14 +522,18 @@ static inline void row_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64
     const int64_t k = W->k;
     switch (W->fmt) {
     case FMT_FP4: {
-        const uint8_t *wr = W->w + r * (k / 2), *sr = W->s + r * (k / FP4_GROUP) + k0 / FP4_GROUP;
+        const uint8_t *wr = W->w + r * (k / 2), *sr = W->s + r * (k / FP4_GROUP);
 #if defined(DSV4K_AVX512)
-        float sf[4 * round_up((k1 - k0) / FP4_GROUP, 16)];
-        fp4_row_scales(sr, (k1 - k0) / FP4_GROUP, sf);
+        const int64_t groups = (k1 - k0) / FP4_GROUP;
+        float table[4 * round_up(groups, 16)], *sf = NULL;
+        if (!fp4_scales_normal(sr + k0 / FP4_GROUP, groups)) {
+            fp4_row_scales(sr + k0 / FP4_GROUP, groups, table);
+            sf = table;
+        }
+#define CALL(n) fp4_tile(wr, sr, sf, k0, k1, x, xs, res, n)
 #else
-        const uint8_t *sf = sr - k0 / FP4_GROUP;
+#define CALL(n) fp4_tile(wr, sr, k0, k1, x, xs, res, n)
 #endif
-#define CALL(n) fp4_tile(wr, sf, k0, k1, x, xs, res, n)
         DISPATCH_MT(mt, CALL)
 #undef CALL
         break;
