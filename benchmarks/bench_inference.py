@@ -11,6 +11,14 @@ weights (the checkpoint's values are bf16-representable, so the BF16 export lose
 compares its logits with dsv4's on the benchmark prompt. Without `llama_cpp` installed its row is skipped.
 The config fits llama.cpp's loader: 4 mHC streams, compression ratios 0/4/128, an indexer head of 64.
 
+The "large" part is the same comparison where the speed of quantized weights decides it: a synthetic checkpoint of
+Flash's architecture at hidden 2048, 8 layers, 32 routed experts of 2048x2048 (top-6) and the real 129,280-token
+vocabulary, ~4B parameters, in the official format (FP4 experts, FP8 dense, BF16 head), written by the benchmark
+(streamed, kept in --large-dir). dsv4 loads it as stored (native kernels, bf16 activations); llama.cpp reads its
+MXFP4 GGUF (`dsv4 convert --recipe MXFP4`: the same expert bytes, FP8 widened to BF16 as llama.cpp's own converter
+does). Both on every core. Each row also gives the bytes one decode token reads and the bound the machine's read
+bandwidth (measured in the same run) puts on tok/s.
+
 Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
 bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s at batch 1 and 8 with and without
 `--speculative`, the share of drafts accepted, and whether the outputs are identical (they must be).
@@ -20,7 +28,7 @@ bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s a
 is what the wall clock would show on an idle machine.
 
     python benchmarks/bench_inference.py [--prompt 256] [--decode 32] [--threads 2] [--clock wall|cpu]
-                                         [--parts speed,speculative] [--out bench_inference.json]
+                                         [--parts speed,speculative,large] [--out bench_inference.json]
 """
 from __future__ import annotations
 
@@ -89,12 +97,19 @@ def best(measure, repeats: int = 3) -> float:
 def dsv4_times(path: Path, length: int, new: int, clock) -> dict:
     """(ttft, decode seconds at batch 1, decode seconds at batch 8) with the dsv4 engine."""
     from dsv4 import load_model
-    from dsv4.engine import Engine, EngineConfig, SamplingParams
+    from dsv4.engine import Engine, EngineConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no MTP weights": transformers does not save them
         model = load_model(path, dtype=torch.float32)
     engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset()))
+    return engine_times(engine, length, new, clock)
+
+
+def engine_times(engine, length: int, new: int, clock) -> dict:
+    """(ttft, decode seconds at batch 1, decode seconds at batch 8) of greedy requests through `engine`."""
+    from dsv4.engine import SamplingParams
+
     ids = prompts(BATCH, length).tolist()
 
     def run(rows: list[list[int]], tokens: int) -> tuple[float, float]:
@@ -223,6 +238,110 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
+# Flash's architecture at ~4B parameters (every layer type, hash layers, mHC x4; what llama.cpp's loader accepts).
+LARGE = dict(hidden_size=2048, num_hidden_layers=8, compress_ratios=[0, 0, 4, 128, 4, 128, 4, 128],
+             num_attention_heads=32, n_routed_experts=32, num_nextn_predict_layers=0, max_position_embeddings=4096,
+             original_max_position_embeddings=4096)
+LARGE_GGUF = "llama.mxfp4.gguf"
+
+
+def large_checkpoint(directory: Path) -> Path:
+    """The large synthetic checkpoint (official FP4 format) and its MXFP4 GGUF, written unless already there."""
+    from bench_offload import ensure_checkpoint
+
+    from dsv4.config import ModelConfig
+    from dsv4.weights.convert import convert_checkpoint
+
+    cfg = ModelConfig(**{**ModelConfig.preset("flash").__dict__, **LARGE})
+    path = directory / "large-fp4"
+    seconds = ensure_checkpoint(path, cfg, seed=0)
+    if seconds or not (path / LARGE_GGUF).exists():
+        (path / LARGE_GGUF).unlink(missing_ok=True)
+        convert_checkpoint(path, path / LARGE_GGUF, "MXFP4")
+    return path
+
+
+def dsv4_bytes_per_token(model) -> int:
+    """Weight bytes one decode token reads: every tensor of the main layers but the routed experts and the
+    embedding, plus k experts per layer and one embedding row (the MTP block does not run)."""
+    from dsv4.model.moe import MoE
+    from dsv4.offload.install import module_bytes
+
+    moes = [m for m in model.layers.modules() if isinstance(m, MoE)]
+    experts = sum(module_bytes(m.experts) for m in moes)
+    routed = sum(m.gate.topk * module_bytes(m.experts[0]) for m in moes)
+    return (module_bytes(model) - module_bytes(model.mtp) - experts - module_bytes(model.embed) + routed
+            + module_bytes(model.embed) // model.cfg.vocab_size)
+
+
+def gguf_bytes_per_token(path: Path, topk: int) -> int:
+    """The same for a GGUF file: every tensor, expert tensors at topk of their experts, one token_embd row."""
+    import gguf
+
+    total = 0
+    for t in gguf.GGUFReader(path).tensors:
+        n = int(t.n_bytes)
+        if "_exps." in t.name:
+            n = n * topk // int(t.shape[-1])
+        elif t.name == "token_embd.weight":
+            n //= int(t.shape[-1])
+        total += n
+    return total
+
+
+def large_child(framework: str, path: str, length: int, new: int, threads: int, clock: str) -> dict:
+    """(Child process.) One framework on the large checkpoint: speeds, bytes per token, resident memory."""
+    from dsv4 import kernels
+
+    torch.set_num_threads(threads)
+    timer = functools.partial(timed, clock=CLOCKS[clock])
+    if framework == "llama.cpp":
+        from llama_cpp_bench import llama_cpp_times
+
+        times = llama_cpp_times(Path(path) / LARGE_GGUF, prompts(BATCH, length).tolist(), new, threads, timer, best)
+        per_token, matmuls = gguf_bytes_per_token(Path(path) / LARGE_GGUF, 6), "llama.cpp"
+    else:
+        from dsv4 import load_model
+        from dsv4.engine import Engine, EngineConfig
+
+        kernels.set_threads(threads)
+        model = load_model(path, dtype=torch.bfloat16)
+        per_token, matmuls = dsv4_bytes_per_token(model), kernels.describe()
+        engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset()))
+        times = engine_times(engine, length, new, CLOCKS[clock])
+    return {"framework": framework, "matmuls": matmuls, "prefill_tok_s": length / times["ttft"],
+            "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
+            "bytes_per_token": per_token, "rss_mib": rss_kib("VmRSS") / 1024}
+
+
+def large_rows(directory: Path, length: int, new: int, threads: int, clock: str) -> dict:
+    """Both frameworks on the large checkpoint, against the read bandwidth measured in this run."""
+    from bench_kernels import read_bandwidth
+
+    from dsv4 import kernels
+
+    path = large_checkpoint(directory)
+    kernels.set_threads(threads)
+    bandwidth = read_bandwidth()
+    rows = []
+    for framework in ["dsv4"] + (["llama.cpp"] if have_llama_cpp() else []):
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            row = pool.submit(large_child, framework, str(path), length, new, threads, clock).result()
+        row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
+        row["fraction_of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
+        rows.append(row)
+    return {"config": LARGE, "read_bandwidth_bytes_per_s": bandwidth, "threads": threads, "rows": rows}
+
+
+def large_table(large: dict) -> str:
+    head = ("| framework | matmuls | prefill tok/s | decode tok/s (b=1) | decode tok/s (b=8) | GB read/token | "
+            "bound tok/s | b=1 vs bound |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {r['framework']} | {r['matmuls']} | {r['prefill_tok_s']:.1f} | {r['decode_b1_tok_s']:.2f} | "
+             f"{r['decode_b8_tok_s']:.2f} | {r['bytes_per_token'] / 1e9:.3f} | {r['bound_tok_s']:.1f} | "
+             f"{r['fraction_of_bound']:.0%} |" for r in large["rows"]]
+    return "\n".join([head, *lines])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", type=int, default=256, help="prompt tokens")
@@ -232,12 +351,14 @@ def main() -> None:
                    help="wall: elapsed time; cpu: this process's CPU time (for a machine shared with other jobs)")
     p.add_argument("--parts", default="speed,speculative",
                    help="comma-separated: speed (dsv4 vs transformers vs llama.cpp), "
-                        "speculative (MTP on the demo model)")
+                        "speculative (MTP on the demo model), large (dsv4 vs llama.cpp on a ~4B official-format model)")
+    p.add_argument("--large-dir", type=Path, default=Path("runs/bench"), help="where the large checkpoint is kept")
+    p.add_argument("--large-threads", type=int, default=0, help="threads for the large part (default: all cores)")
     p.add_argument("--out", default="bench_inference.json")
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    if not parts or parts - {"speed", "speculative"}:
-        p.error(f"--parts takes speed and/or speculative, found {args.parts!r}")
+    if not parts or parts - {"speed", "speculative", "large"}:
+        p.error(f"--parts takes speed, speculative and/or large, found {args.parts!r}")
     out: dict = {"meta": {"config": CONFIG, "prompt": args.prompt, "decode": args.decode, "batch": BATCH,
                           "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine()}}
@@ -268,6 +389,11 @@ def main() -> None:
     if "speculative" in parts:
         out["speculative"] = speculative_rows(args.decode, args.threads, args.clock)
         print(speculative_table(out["speculative"]))
+    if "large" in parts:
+        from dsv4.kernels import default_threads
+
+        out["large"] = large_rows(args.large_dir, 128, 16, args.large_threads or default_threads(), args.clock)
+        print(large_table(out["large"]))
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 

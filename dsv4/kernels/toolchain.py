@@ -25,6 +25,7 @@ ISAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "generic": ((), ()),
 }
 BASE_FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-math-errno")
+OPENMP = ("-fopenmp",)  # threads: OpenMP (the libgomp torch loads); dropped for compilers without it
 
 
 class BuildError(RuntimeError):
@@ -80,7 +81,7 @@ def build(isa: str) -> Path:
     key = hashlib.sha256()
     for f in sorted(SOURCE_DIR.glob("*.[ch]")):
         key.update(f.name.encode() + f.read_bytes())
-    key.update(" ".join([cc, *flags, _version(cc)]).encode())
+    key.update(" ".join([cc, *flags, *OPENMP, _version(cc)]).encode())
     out = cache_dir() / f"libdsv4k-{isa}-{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
@@ -91,9 +92,12 @@ def build(isa: str) -> Path:
             return out
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         os.close(fd)
-        cmd = [cc, *flags, *map(str, sources), "-o", tmp, "-lpthread", "-lm"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            for openmp in (OPENMP, ()):
+                cmd = [cc, *flags, *openmp, *map(str, sources), "-o", tmp, "-lm"]
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                if proc.returncode == 0:
+                    break
             if proc.returncode != 0:
                 raise BuildError(f"compiling the {isa} kernels failed:\n{' '.join(cmd)}\n{proc.stderr[-4000:]}")
             os.replace(tmp, out)  # atomic: a half-written library is never picked up

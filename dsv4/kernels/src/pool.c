@@ -1,120 +1,54 @@
-/* One persistent thread pool for every kernel: `threads - 1` workers plus the calling thread.
- *
- * A call publishes (fn, ctx, ntasks) under a new generation number; workers take task indices from one atomic
- * counter until none are left. Between calls a worker spins briefly (decode calls come back within microseconds)
- * and then sleeps on a condition variable, so an idle pool costs nothing. A call made while another is running
- * (a second Python thread, or a kernel calling a kernel) runs its tasks on the calling thread alone.
+/* The kernels' threads: OpenMP's persistent team. The library is built with -fopenmp and links libgomp.so.1 by
+ * soname, which in a process that imported torch resolves to the copy torch already loaded: kernels and torch ops
+ * then share one set of threads instead of two pools spinning against each other on the same cores (with a pool of
+ * our own, a worker spinning or asleep while torch's threads held the cores stalled small matmuls for a scheduler
+ * tick). Tasks are taken from one atomic counter, so a slow thread never holds a fixed share of the work.
+ * Built without OpenMP, everything runs on the calling thread.
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "dsv4k.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define CPU_RELAX() _mm_pause()
-#elif defined(__aarch64__)
-#define CPU_RELAX() __asm__ __volatile__("yield")
-#else
-#define CPU_RELAX() ((void)0)
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
-#define SPIN_ROUNDS 20000 /* ~50-100 us of pause instructions before a worker sleeps */
+static int pool_threads = 0; /* 0: OpenMP's default (torch's thread count) */
 
-static struct {
-    int threads; /* workers + the caller */
-    pthread_t *workers;
-    pthread_mutex_t sleep_mu, call_mu;
-    pthread_cond_t wake;
-    atomic_uint_fast64_t generation;
-    atomic_int sleeping, stop, unfinished;
-    atomic_int_fast64_t next;
-    dsv4k_task_fn fn;
-    void *ctx;
-    int64_t ntasks;
-} pool = {.threads = 1, .sleep_mu = PTHREAD_MUTEX_INITIALIZER, .call_mu = PTHREAD_MUTEX_INITIALIZER,
-        .wake = PTHREAD_COND_INITIALIZER};
-
-static void run_tasks(void) {
-    int64_t t;
-    while ((t = atomic_fetch_add(&pool.next, 1)) < pool.ntasks) pool.fn(pool.ctx, t);
-}
-
-static void *worker(void *arg) {
-    uint_fast64_t seen = (uint_fast64_t)(uintptr_t)arg;
-    for (;;) {
-        for (int i = 0; i < SPIN_ROUNDS && atomic_load(&pool.generation) == seen && !atomic_load(&pool.stop); i++)
-            CPU_RELAX();
-        if (atomic_load(&pool.generation) == seen && !atomic_load(&pool.stop)) {
-            pthread_mutex_lock(&pool.sleep_mu);
-            atomic_fetch_add(&pool.sleeping, 1);
-            while (atomic_load(&pool.generation) == seen && !atomic_load(&pool.stop))
-                pthread_cond_wait(&pool.wake, &pool.sleep_mu);
-            atomic_fetch_sub(&pool.sleeping, 1);
-            pthread_mutex_unlock(&pool.sleep_mu);
-        }
-        if (atomic_load(&pool.stop)) return NULL;
-        seen = atomic_load(&pool.generation);
-        run_tasks();
-        atomic_fetch_sub(&pool.unfinished, 1);
-    }
-}
-
-static void stop_workers(void) {
-    if (!pool.workers) return;
-    pthread_mutex_lock(&pool.sleep_mu);
-    atomic_store(&pool.stop, 1);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.sleep_mu);
-    for (int i = 0; i < pool.threads - 1; i++) pthread_join(pool.workers[i], NULL);
-    free(pool.workers);
-    pool.workers = NULL;
-    pool.threads = 1;
-    atomic_store(&pool.stop, 0);
-}
-
-/* Size the pool to `threads` (>= 1) threads including the caller. Returns the size in effect. */
+/* Use `threads` (>= 1) threads for the kernels. Returns the count in effect. */
 DSV4K_API int dsv4k_set_threads(int threads) {
-    pthread_mutex_lock(&pool.call_mu);
-    if (threads < 1) threads = 1;
-    if (threads != pool.threads) {
-        stop_workers();
-        pool.workers = calloc((size_t)threads, sizeof(pthread_t));
-        uint_fast64_t gen = atomic_load(&pool.generation);
-        int started = 0;
-        while (pool.workers && started < threads - 1 &&
-               pthread_create(&pool.workers[started], NULL, worker, (void *)(uintptr_t)gen) == 0)
-            started++;
-        pool.threads = started + 1;
-    }
-    int n = pool.threads;
-    pthread_mutex_unlock(&pool.call_mu);
-    return n;
+#ifdef _OPENMP
+    pool_threads = threads < 1 ? 1 : threads;
+#else
+    (void)threads;
+#endif
+    return dsv4k_get_threads();
 }
 
-DSV4K_API int dsv4k_get_threads(void) { return pool.threads; }
+DSV4K_API int dsv4k_get_threads(void) {
+#ifdef _OPENMP
+    return pool_threads ? pool_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 void dsv4k_parallel(dsv4k_task_fn fn, void *ctx, int64_t ntasks) {
     if (ntasks <= 0) return;
-    if (ntasks == 1 || pool.threads == 1 || pthread_mutex_trylock(&pool.call_mu) != 0) {
+    int threads = dsv4k_get_threads();
+    if (ntasks == 1 || threads == 1) {
         for (int64_t t = 0; t < ntasks; t++) fn(ctx, t);
         return;
     }
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.ntasks = ntasks;
-    atomic_store(&pool.next, 0);
-    atomic_store(&pool.unfinished, pool.threads - 1);
-    atomic_fetch_add(&pool.generation, 1);
-    if (atomic_load(&pool.sleeping) > 0) {
-        pthread_mutex_lock(&pool.sleep_mu);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.sleep_mu);
+    atomic_int_fast64_t next = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads < ntasks ? threads : (int)ntasks)
+#endif
+    {
+        int64_t t;
+        while ((t = atomic_fetch_add(&next, 1)) < ntasks) fn(ctx, t);
     }
-    run_tasks();
-    while (atomic_load(&pool.unfinished) > 0) CPU_RELAX();
-    pthread_mutex_unlock(&pool.call_mu);
 }
 
 void *dsv4k_alloc(size_t bytes) {
@@ -176,7 +110,7 @@ static void read_task(void *p, int64_t t) {
 /* Read `bytes` of `buf` once with every thread; returns a checksum (so the reads cannot be optimised away). */
 DSV4K_API uint64_t dsv4k_read_probe(const void *buf, int64_t bytes) {
     read_ctx c = {buf, 0, bytes, {0}};
-    int64_t tasks = (int64_t)pool.threads * 16 > 256 ? 256 : (int64_t)pool.threads * 16;
+    int64_t tasks = (int64_t)dsv4k_get_threads() * 16 > 256 ? 256 : (int64_t)dsv4k_get_threads() * 16;
     c.chunk = ((bytes / tasks) + 4095) & ~(int64_t)4095;
     if (c.chunk == 0) c.chunk = 4096;
     dsv4k_parallel(read_task, &c, (bytes + c.chunk - 1) / c.chunk);
