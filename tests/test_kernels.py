@@ -216,3 +216,19 @@ def test_greedy_generation_is_the_same_with_and_without_the_kernels(which, tiny_
         with kernels.using(None):
             fallback = greedy(model, prompt, 24)
     assert native == fallback
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_grouped_wo_a_in_bf16_equals_the_fp32_einsum(isa):
+    """wo_a held in bf16 (GroupedBf16Linear): group g through rows g*r..(g+1)*r-1, natively (few rows) and by einsum."""
+    from dsv4.quant.linear import GroupedBf16Linear
+
+    layer = GroupedBf16Linear(96, 4 * 32, 4)
+    layer.weight.copy_(torch.randn(128, 96).bfloat16())
+    o = torch.randn(2, 3, 4, 96)
+    exact = torch.einsum("bsgi,gri->bsgr", o.double(), layer.weight.double().view(4, 32, 96)).flatten(2)
+    bound = 2 * 96 * 2.0**-24 * torch.einsum("bsgi,gri->bsgr", o.abs().double(),
+                                              layer.weight.abs().double().view(4, 32, 96)).flatten(2)
+    with kernels.using(isa):
+        native, tiled = layer(o), layer(o.repeat(1, 4, 1, 1))[:, :3]  # 24 rows: the einsum path
+    assert ((native.double() - exact).abs() <= bound).all() and ((tiled.double() - exact).abs() <= bound).all()

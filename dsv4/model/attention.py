@@ -33,7 +33,7 @@ class Attention(nn.Module):
         self.wq_b = nn.Linear(cfg.q_lora_rank, heads_dim, bias=False)
         self.wkv = nn.Linear(d, cfg.head_dim, bias=False)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-        self.wo_a = nn.Linear(heads_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, bias=False)
+        self.wo_a = GroupedLinear(heads_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, cfg.o_groups)
         self.wo_b = nn.Linear(cfg.o_groups * cfg.o_lora_rank, d, bias=False)
         self.attn_sink = nn.Parameter(torch.zeros(cfg.num_attention_heads, dtype=torch.float32))
         self.ratio = ratio = cfg.compress_ratios[layer_id]
@@ -66,14 +66,20 @@ class Attention(nn.Module):
         o = sparse_attention(q, window, window_ok, entries, selected, pos, self.ratio, self.attn_sink,
                              self.softmax_scale)                                # [B, S, H, D]
         o = apply_rope(o, pos, self.freqs, inverse=True)
-        return self.wo_b(self._grouped_wo_a(o))
+        return self.wo_b(self.wo_a(o.reshape(B, S, self.groups, -1)))         # [B, S, G*r] -> [B, S, d]
 
-    def _grouped_wo_a(self, o: torch.Tensor) -> torch.Tensor:
-        """[B, S, H, D] -> [B, S, G * o_lora_rank]: group g's heads through rows g*r..(g+1)*r-1 of wo_a."""
-        B, S = o.shape[:2]
-        o = o.reshape(B, S, self.groups, -1)
-        w = self.wo_a.weight.view(self.groups, -1, o.shape[-1])                # [G, r, H*D/G]
-        return torch.einsum("bsgi,gri->bsgr", o, w).flatten(2)
+
+class GroupedLinear(nn.Linear):
+    """The grouped low-rank output projection wo_a: G independent projections stored as one weight [G*r, in].
+    forward: o [..., G, in] -> [..., G*r], group g's inputs through rows g*r..(g+1)*r-1."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.groups = groups
+
+    def forward(self, o: torch.Tensor) -> torch.Tensor:
+        w = self.weight.view(self.groups, -1, o.shape[-1])                      # [G, r, in]
+        return torch.einsum("...gi,gri->...gr", o, w).flatten(-2)
 
 
 def window_timeline(ring: torch.Tensor, kv: torch.Tensor, start: torch.Tensor):

@@ -152,3 +152,26 @@ class Bf16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=bf16, compute=fp32"
+
+
+class GroupedBf16Linear(nn.Module):
+    """wo_a (GroupedLinear) held in bf16 when its stored values are bf16-exact (FP8 or bf16 on disk): G projections
+    in one weight [G*r, in]. forward: o [..., G, in] -> [..., G*r] in o.dtype, fp32 accumulation (the reference's
+    bf16 einsum, whose products are exact). Few rows go to the native bf16 kernel group by group."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__()
+        self.in_features, self.out_features, self.groups = in_features, out_features, groups
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.bfloat16))
+
+    def forward(self, o: torch.Tensor) -> torch.Tensor:
+        r = self.out_features // self.groups
+        if not _native_rows(o[..., 0, :], "bf16"):
+            w = self.weight.view(self.groups, r, -1).to(o.dtype)
+            return torch.einsum("...gi,gri->...gr", o, w).flatten(-2)
+        groups = [kernels.matmul("bf16", self.weight[g * r:(g + 1) * r], None, r, self.in_features, o[..., g, :])
+                  for g in range(self.groups)]
+        return torch.cat(groups, -1).to(o.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.groups}, weight=bf16"

@@ -19,7 +19,8 @@ from dsv4.model.transformer import Transformer, cast_model
 from dsv4.offload import OffloadConfig, offload_experts
 from dsv4.quant import Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
-from dsv4.quant.linear import Bf16Linear, QuantWeight
+from dsv4.model.attention import GroupedLinear
+from dsv4.quant.linear import Bf16Linear, GroupedBf16Linear, QuantWeight
 from dsv4.quant.recipes import GROUPS
 from dsv4.quant.experts import fuse_experts
 from dsv4.quant.transform import BF16_ISLANDS, classify
@@ -44,7 +45,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     (QuantLinear / QuantEmbedding, computed by the native kernels). "BF16" = every matrix dequantized into `dtype`
     (the plain float model). Another recipe name = its groups converted to its formats while streaming. Under a
     quantized recipe the fp32 islands the file stores in bf16 (head, compressors) stay bf16, computed in fp32
-    (Bf16Linear: the same values at half the bytes).
+    (Bf16Linear: the same values at half the bytes), and so does wo_a stored FP8 (GroupedBf16Linear).
     expert_budget: None = every routed expert resident; a size ("4GB", or bytes) or an OffloadConfig = routed
     experts stay in the checkpoint, read on demand into an LRU cache of that many bytes (dsv4.offload; same numerics).
     """
@@ -92,12 +93,17 @@ def stored_recipe(source: CheckpointSource) -> Recipe:
 
 
 def _keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
-    """Swap the fp32-island linears (head, compressors) the checkpoint stores in bf16 for Bf16Linear (on meta)."""
+    """On meta: the fp32-island linears (head, compressors) the checkpoint stores in bf16 become Bf16Linear, and
+    wo_a, when stored FP8 or bf16 (values exact in bf16), GroupedBf16Linear."""
     for name, module in list(model.named_modules()):
+        parent, _, attr = name.rpartition(".")
         if (type(module) is nn.Linear and any(re.fullmatch(p, name) for p in BF16_ISLANDS)
                 and source.stored_dtype(f"{name}.weight") == torch.bfloat16):
-            parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, Bf16Linear(module.in_features, module.out_features))
+        elif (isinstance(module, GroupedLinear) and (source.formats[name] == "fp8" or
+                                                     source.stored_dtype(f"{name}.weight") == torch.bfloat16)):
+            setattr(model.get_submodule(parent), attr,
+                    GroupedBf16Linear(module.in_features, module.out_features, module.groups))
 
 
 def fill_unit(root: nn.Module, entry: Entry, source, device, at: str | None = None) -> None:
