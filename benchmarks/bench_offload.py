@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import dsv4
+from dsv4 import kernels
 from dsv4.config import ModelConfig
 from dsv4.model.transformer import Transformer
 from dsv4.offload import OffloadConfig, offload_stats, parse_size
@@ -125,15 +126,22 @@ def disk_bandwidth(path: Path, samples: int = 64) -> float:
     return best
 
 
-def memory_bandwidth(nbytes: int = 256 << 20) -> float:
-    """Bytes/s read by a streaming reduction over a buffer far larger than the caches (best of 10)."""
-    x = torch.ones(nbytes // 4)
+def memory_bandwidth() -> float:
+    """Bytes/s read by every kernel thread streaming a buffer far larger than the caches (bench_kernels' probe);
+    a reduction in torch where the native kernels are unavailable."""
+    from bench_kernels import read_bandwidth
+
+    from dsv4 import kernels
+
+    if kernels.backend() is not None:
+        return read_bandwidth()
+    x = torch.ones(2**30 // 4)
     best = math.inf
-    for _ in range(10):
+    for _ in range(3):
         t0 = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - t0)
-    return nbytes / best
+    return x.numel() * 4 / best
 
 
 @torch.no_grad()
@@ -191,6 +199,7 @@ def offloaded_runs(args, path: Path, prompt: list[int]) -> tuple[list[dict], obj
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    kernels.set_threads(args.threads)
     cfg = synthetic_config(args)
     path = Path(args.dir) / f"synthetic-{args.size_gb:g}gb-h{args.hidden}-i{args.moe_inter}-e{args.experts}"
     write_s = ensure_checkpoint(path, cfg, args.seed)
@@ -213,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"config": vars(args), "disk_gb": disk_gb, "layers": cfg.num_hidden_layers,
               "expert_stored_bytes": 3 * args.hidden * args.moe_inter * 17 // 32, "expert_resident_bytes": expert_bytes,
               "disk_read_bytes_per_s": disk_bw, "memory_read_bytes_per_s": mem_bw,
-              "memory_bytes_per_token": mem_per_token, "load_average": os.getloadavg()[0], "runs": runs}
+              "memory_bytes_per_token": mem_per_token, "load_average": os.getloadavg()[0], "runs": runs,
+              "matmuls": kernels.describe()}
     print_table(result)
     save(result, f"{args.size_gb:g}GB-budget{args.budget}")
     return result
@@ -223,11 +233,14 @@ def print_table(r: dict) -> None:
     print(f"\n{r['disk_gb']:.1f} GB checkpoint, budget {r['config']['budget']}, {r['layers']} layers; disk "
           f"{r['disk_read_bytes_per_s'] / 1e9:.2f} GB/s, memory {r['memory_read_bytes_per_s'] / 1e9:.2f} GB/s, "
           f"load average {r['load_average']:.1f}\n")
-    print("| mode | hit rate | MB read/token | decode tok/s | bound tok/s | prefill s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"matmuls: {r['matmuls']}\n")
+    print("| mode | hit rate | MB read/token | decode tok/s | bound tok/s | time waiting for reads | prefill s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for run in r["runs"]:
+        waiting = run.get("wait_s_per_token", 0) * run["decode_tokens_per_s"]
         print(f"| {run['mode']} | {run['hit_rate']:.1%} | {run['bytes_read_per_token'] / 1e6:.1f} | "
-              f"{run['decode_tokens_per_s']:.3f} | {run['bound_tokens_per_s']:.2f} | {run['prefill_s']:.1f} |")
+              f"{run['decode_tokens_per_s']:.3f} | {run['bound_tokens_per_s']:.2f} | {waiting:.0%} | "
+              f"{run['prefill_s']:.1f} |")
 
 
 def save(result: dict, key: str) -> None:

@@ -43,7 +43,8 @@ def test_converted_checkpoint_loads_quantized_and_dequantized_alike(official, q8
     assert torch.equal(q.layers[1].ffn.experts[3].w2.dequantize(), plain.layers[1].ffn.experts[3].w2.weight)
     with torch.no_grad():
         a, b, c = q(ids), plain(ids), source(ids)
-    assert torch.allclose(a, b, atol=1e-4)
+    # Equal weights (above); the quantized model also rounds every GEMM input to q8_0 as llama.cpp does (~1%)
+    assert ((a - b).norm() / b.norm()).item() < 0.02
     assert 0 < (b - c).norm() / c.norm() < 0.05  # Q8_0 of the FP8/FP4 weights: one more (small) rounding
 
 

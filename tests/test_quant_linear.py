@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dsv4 import kernels
 from dsv4.quant.codecs import CODECS
 from dsv4.quant.errors import QuantShapeError, UnknownFormatError
 from dsv4.quant.int4pack import Int4Linear
 from dsv4.quant.linear import QuantEmbedding, QuantLinear
+from dsv4.quant.q8 import q8_0_round, q8_k_round
 
 GEN = torch.Generator().manual_seed(0)
 W = torch.randn(96, 512, generator=GEN) * 0.05
@@ -15,10 +17,16 @@ X = torch.randn(2, 5, 512, generator=GEN)
 
 
 def reference(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
-    """F.linear on the whole dequantized weight, after the activation rounding the format's GEMM applies."""
+    """F.linear on the whole dequantized weight, after the activation rounding the format's GEMM applies: e4m3 per
+    128 for fp8/fp4 (the reference act_quant); for GGUF weights the q8 blocks llama.cpp's CPU dot products quantize
+    activations to (q8_0 per 32 against the legacy types, q8_K per 256 against the K-quants)."""
     if layer.fmt in ("fp8", "fp4"):
         from dsv4.quant.fp8 import act_quant_dequant
         x = act_quant_dequant(x)
+    elif layer.fmt in ("q8_0", "q5_0", "q4_0"):
+        x = q8_0_round(x)
+    elif layer.fmt in ("q6_k", "q5_k", "q4_k", "q3_k", "q2_k"):
+        x = q8_k_round(x)
     return F.linear(x.float(), layer.dequantize())
 
 
@@ -110,5 +118,6 @@ def test_forward_dequantizes_at_most_one_tile_of_rows_at_a_time(monkeypatch):
         return out
 
     monkeypatch.setattr(layer, "dequantize", spy)
-    layer(X)
+    with kernels.using(None):  # the tiled path (10 rows would go to the native kernel)
+        layer(X)
     assert seen == [32, 32, 32]

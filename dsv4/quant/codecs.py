@@ -15,6 +15,7 @@ from .bitpack import split_blocks
 from .errors import QuantShapeError, UnknownFormatError
 from .fp4 import GROUP, dequantize_fp4, quantize_fp4
 from .fp8 import BLOCK, act_quant_dequant, dequantize_fp8, quantize_fp8
+from .q8 import q8_0_round, q8_k_round
 
 Buffers = dict[str, torch.Tensor]
 Rows = slice | torch.Tensor
@@ -37,7 +38,8 @@ class Codec:
 
 
 def _gguf_codec(name: str, block: int, type_size: int, quantize_blocks, dequantize_blocks) -> Codec:
-    """A GGUF block type: rows of `block` values stored as rows of `type_size`-byte blocks."""
+    """A GGUF block type: rows of `block` values stored as rows of `type_size`-byte blocks. Activations are rounded as
+    llama.cpp's CPU dot products quantize them: q8_0 per 32 for the legacy types, q8_K per 256 for the K-quants."""
 
     def quantize(w: torch.Tensor, tensor: str) -> Buffers:
         if w.dim() != 2:
@@ -48,7 +50,7 @@ def _gguf_codec(name: str, block: int, type_size: int, quantize_blocks, dequanti
         b = bufs["weight"][rows]
         return dequantize_blocks(b.reshape(-1, type_size)).reshape(b.shape[0], -1)
 
-    return Codec(name, block, type_size / block, None,
+    return Codec(name, block, type_size / block, q8_k_round if block == 256 else q8_0_round,
                  lambda o, i: {"weight": ((o, i // block * type_size), torch.uint8)}, quantize, dequantize)
 
 
