@@ -29,12 +29,6 @@
 
 #define MT_MAX 4 /* activation rows per pass over a weight row */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-/* Software prefetch of the weight stream, one per 64 bytes consumed, as in official.c, but at two distances: into
- * L2 a page ahead (prefetcht1 travels through L2's miss queue rather than the 16 L1 fill buffers, which capped a
- * core near 9 GB/s), and into L1 shortly before use. Measured (2 threads, batch 1): Q4_K 58% -> 70% of the read
- * bandwidth, Q8_0 66% -> 77%, against prefetcht0 2 KB ahead. */
-#define PREFETCH(p) (__builtin_prefetch((const char *)(p) + 4096, 0, 2), __builtin_prefetch((const char *)(p) + 512, 0, 3))
-
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline uint16_t load16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t load32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }

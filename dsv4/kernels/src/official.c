@@ -25,17 +25,6 @@ __attribute__((constructor)) static void init_tables(void) {
 #define MT_MAX 4 /* activation rows per pass over a weight row */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* Software prefetch of the weight stream, one cache line per line consumed, this many bytes ahead: rows are read
- * once, and without it single-thread decode ran at a third of the read bandwidth (the hardware prefetcher alone
- * does not keep enough lines in flight while the core is busy decoding). */
-#ifndef PREFETCH_AHEAD
-#define PREFETCH_AHEAD 2048
-#endif
-#ifndef PREFETCH_LOC
-#define PREFETCH_LOC 3
-#endif
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_AHEAD, 0, PREFETCH_LOC)
-
 static inline int64_t round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
