@@ -28,18 +28,31 @@ def resolve_model_path(path: str | Path | None) -> Path:
     return path
 
 
-def load_for_inference(path: str | Path | None, dtype: str = "float32", expert_budget: str | None = None,
+SMALL_HIDDEN = 1024  # below this: float32 activations and one thread (ops too small to split)
+
+
+def auto_dtype(path: Path) -> str:
+    """bfloat16 (the reference's activation dtype, and half the bytes for every plain-float weight) for real
+    models; float32 for models narrower than SMALL_HIDDEN (the demo model, evaluated in fp32)."""
+    from dsv4.weights.gguf_reader import open_checkpoint
+
+    return "float32" if open_checkpoint(path).config.hidden_size < SMALL_HIDDEN else "bfloat16"
+
+
+def load_for_inference(path: str | Path | None, dtype: str = "auto", expert_budget: str | None = None,
                        recipe: str | None = None):
-    """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name; expert_budget:
-    None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see dsv4.offload); recipe: None
-    keeps the stored formats (see load_model), a recipe name converts to it ("BF16": dequantized)."""
+    """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name or "auto" (see
+    auto_dtype); expert_budget: None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see
+    dsv4.offload); recipe: None keeps the stored formats (see load_model), a recipe name converts to it ("BF16":
+    dequantized)."""
     from dsv4.quant import UnknownFormatError
     from dsv4.weights.loader import load_model
 
+    path = resolve_model_path(path)
+    dtype = auto_dtype(path) if dtype == "auto" else dtype
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype: expected a torch dtype name such as float32 or bfloat16, found {dtype!r}")
     try:
-        return load_model(resolve_model_path(path), dtype=getattr(torch, dtype), expert_budget=expert_budget,
-                          recipe=recipe)
+        return load_model(path, dtype=getattr(torch, dtype), expert_budget=expert_budget, recipe=recipe)
     except UnknownFormatError as e:
         raise ValueError(f"recipe: {e}") from None

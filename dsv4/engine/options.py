@@ -9,14 +9,15 @@ import torch
 from dsv4 import kernels
 from dsv4.engine.engine import Engine, EngineConfig
 from dsv4.engine.errors import ModelNotFoundError
-from dsv4.engine.model_path import load_for_inference
+from dsv4.engine.model_path import SMALL_HIDDEN, load_for_inference
 from dsv4.engine.params import SamplingParams
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the bundled demo model)")
-    parser.add_argument("--dtype", default="float32", help="activation dtype, and that of weights held as plain floats "
-                        "(default float32)")
+    parser.add_argument("--dtype", default="auto", help="activation dtype, and that of weights held as plain floats "
+                        f"(default auto: bfloat16, the reference's, for models with hidden size {SMALL_HIDDEN} or more; "
+                        "float32 for smaller ones such as the demo model)")
     parser.add_argument("--recipe", metavar="NAME", help="hold the weights in this recipe's formats (default: as the "
                         "checkpoint stores them, FP8/FP4/GGUF blocks computed by the native kernels; BF16 = dequantize "
                         "every matrix into --dtype)")
@@ -28,7 +29,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "every physical core for the bandwidth-bound kernels)")
 
 
-SMALL_HIDDEN = 1024  # below this, ops are too small to split: extra threads only wait on each other
 
 
 def default_threads(hidden_size: int) -> tuple[int, int]:
