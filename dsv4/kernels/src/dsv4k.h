@@ -56,6 +56,17 @@ typedef struct {
     int64_t k_align; /* k must be a multiple of this */
 } dsv4k_format;
 
+#define MT_MAX 4 /* activation rows per pass over a weight row (they share its decode) */
+
+/* One weight row r over input units [u0, u1) against mt <= MT_MAX activation rows at x, xs bytes apart: res[t]. */
+typedef void (*dsv4k_slice_fn)(const dsv4k_weight *w, int64_t r, int64_t u0, int64_t u1, const uint8_t *x,
+                               int64_t xs, int64_t mt, float *res);
+/* matmul.c: a format's rows() from its slice function, for rows of `units` input units (unit_bytes of prepared
+ * activations each, xs bytes per activation row); slices are whole multiples of `granule` units. */
+void dsv4k_sliced_rows(const dsv4k_weight *w, dsv4k_slice_fn slice, int64_t units, int64_t unit_bytes,
+                       int64_t granule, int64_t xs, const void *act, int64_t m, int64_t r0, int64_t r1, float *out,
+                       int64_t ldo);
+
 const dsv4k_format *dsv4k_official_format(int fmt); /* official.c: bf16, fp8, fp4 */
 const dsv4k_format *dsv4k_gguf_format(int fmt);     /* gguf.c: the GGUF block types (NULL until implemented) */
 const dsv4k_format *dsv4k_format_of(int fmt);

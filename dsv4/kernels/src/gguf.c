@@ -27,7 +27,6 @@
 
 #include "dsv4k.h"
 
-#define MT_MAX 4 /* activation rows per pass over a weight row */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline uint16_t load16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -733,41 +732,18 @@ static const slice_fn SLICES[FMT_COUNT] = {
     [FMT_Q3_K] = slice_q3_k, [FMT_Q4_K] = slice_q4_k, [FMT_Q5_K] = slice_q5_k, [FMT_Q6_K] = slice_q6_k,
 };
 
-/* ---- rows: every weight row r in [r0, r1) against all m activation rows, MT_MAX at a time ----
- * As official.c: with several activation rows the inputs are taken in slices short enough that every row's slice
- * stays in L1 while a block of weight rows (kept in L2) passes over it; partial sums add up in `out`. */
-#define ROW_BLOCK 64
-#define L1_ACT_BYTES 40000
+static void gguf_slice(const dsv4k_weight *W, int64_t r, int64_t u0, int64_t u1, const uint8_t *x, int64_t xs,
+                       int64_t mt, float *res) {
+    const int64_t nblocks = W->k / TYPES[W->fmt].block;
+    SLICES[W->fmt](W->w + r * nblocks * TYPES[W->fmt].bytes, nblocks, u0, u1, x, xs, mt, res);
+}
 
+/* ---- rows: every weight row r in [r0, r1) against all m activation rows (dsv4k_sliced_rows), in units of the
+ * prepared activations' blocks ---- */
 static void gguf_rows(const dsv4k_weight *W, const void *act, int64_t m, int64_t r0, int64_t r1, float *out,
                       int64_t ldo) {
-    const int fmt = W->fmt;
-    const int64_t k = W->k, units = units_of(fmt, k), ub = unit_bytes(fmt), xs = units * ub;
-    const int64_t nblocks = k / TYPES[fmt].block, wrow = nblocks * TYPES[fmt].bytes;
-    int64_t ku = units;
-    if (m * xs > L1_ACT_BYTES) {
-        ku = L1_ACT_BYTES / (m * ub);
-        ku = ku < 1 ? 1 : ku;
-    }
-    const slice_fn slice = SLICES[fmt];
-    const uint8_t *x = act;
-    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
-        const int64_t rbe = min64(rb + ROW_BLOCK, r1);
-        for (int64_t u0 = 0; u0 < units; u0 += ku) {
-            const int64_t u1 = min64(u0 + ku, units);
-            for (int64_t r = rb; r < rbe; r++) {
-                for (int64_t i = 0; i < m; i += MT_MAX) {
-                    float res[MT_MAX];
-                    const int64_t mt = min64(MT_MAX, m - i);
-                    slice(W->w + r * wrow, nblocks, u0, u1, x + i * xs, xs, mt, res);
-                    for (int64_t t = 0; t < mt; t++) {
-                        float *o = out + (i + t) * ldo + (r - r0);
-                        *o = u0 ? *o + res[t] : res[t];
-                    }
-                }
-            }
-        }
-    }
+    const int64_t units = units_of(W->fmt, W->k), ub = unit_bytes(W->fmt);
+    dsv4k_sliced_rows(W, gguf_slice, units, ub, 1, units * ub, act, m, r0, r1, out, ldo);
 }
 
 /* ---- dequantize rows to fp32, exactly as dsv4/quant/gguf_legacy.py and kquants.py (= ggml's dequantize_row_*):

@@ -43,6 +43,39 @@ float *dsv4k_f32_input(const void *x, int x_bf16, int64_t count) {
     return f;
 }
 
+/* With several activation rows the inputs are taken in slices short enough that every row's slice stays in L1
+ * while a block of weight rows (kept in L2) passes over it; partial sums add up in `out`. */
+#define ROW_BLOCK 64
+#define L1_ACT_BYTES 40000 /* activation slice bytes kept in L1 (48 KB) while weight rows stream past */
+
+void dsv4k_sliced_rows(const dsv4k_weight *w, dsv4k_slice_fn slice, int64_t units, int64_t unit_bytes,
+                       int64_t granule, int64_t xs, const void *act, int64_t m, int64_t r0, int64_t r1, float *out,
+                       int64_t ldo) {
+    int64_t per_slice = units;
+    if (m * xs > L1_ACT_BYTES) {
+        per_slice = L1_ACT_BYTES / (m * unit_bytes) / granule * granule;
+        per_slice = per_slice < granule ? granule : per_slice;
+    }
+    const uint8_t *x = act;
+    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
+        const int64_t rbe = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        for (int64_t u0 = 0; u0 < units; u0 += per_slice) {
+            const int64_t u1 = u0 + per_slice < units ? u0 + per_slice : units;
+            for (int64_t r = rb; r < rbe; r++) {
+                for (int64_t i = 0; i < m; i += MT_MAX) {
+                    float res[MT_MAX];
+                    const int64_t mt = m - i < MT_MAX ? m - i : MT_MAX;
+                    slice(w, r, u0, u1, x + i * xs, xs, mt, res);
+                    for (int64_t t = 0; t < mt; t++) {
+                        float *o = out + (i + t) * ldo + (r - r0);
+                        *o = u0 ? *o + res[t] : res[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
 typedef struct {
     const dsv4k_format *f;
     const dsv4k_weight *w;

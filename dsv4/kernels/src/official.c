@@ -22,7 +22,6 @@ __attribute__((constructor)) static void init_tables(void) {
     for (int b = 0; b < 256; b++) E4M3[b] = e4m3_value((uint8_t)b);
 }
 
-#define MT_MAX 4 /* activation rows per pass over a weight row */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 static inline int64_t round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
@@ -491,9 +490,7 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
 }
 #endif
 
-/* ---- rows: every weight row r in [r0, r1) against all m activation rows, MT_MAX at a time ----
- * With several activation rows the inputs are taken in slices short enough that every row's slice stays in L1
- * while a block of weight rows (kept in L2) passes over it; partial sums add up in `out`. */
+/* ---- rows: every weight row r in [r0, r1) against all m activation rows, MT_MAX at a time ---- */
 
 #define DISPATCH_MT(mt, CALL) \
     switch (mt) {             \
@@ -502,8 +499,6 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
     case 3: CALL(3); break;   \
     default: CALL(4); break;  \
     }
-#define ROW_BLOCK 64
-#define L1_ACT_BYTES 40000 /* activation slice bytes kept in L1 (48 KB) while weight rows stream past */
 
 /* One weight row over inputs [k0, k1) against activation rows i..i+mt-1 (mt <= MT_MAX). */
 static inline void row_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64_t k1, const float *x, int64_t xs,
@@ -543,32 +538,16 @@ static inline void row_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64
     }
 }
 
+static void official_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64_t k1, const uint8_t *x, int64_t xs,
+                           int64_t mt, float *res) {
+    row_slice(W, r, k0, k1, (const float *)x, xs / (int64_t)sizeof(float), mt, res);
+}
+
+/* Units are input values (one fp32 of prepared activations each); slices are whole 128-value blocks. */
 static void official_rows(const dsv4k_weight *W, layout l, const void *act, int64_t m, int64_t r0, int64_t r1,
                           float *out, int64_t ldo) {
-    const int64_t k = W->k, xs = round_up(k, l.pad);
-    int64_t ks = k;
-    if (m * xs * (int64_t)sizeof(float) > L1_ACT_BYTES) {
-        ks = L1_ACT_BYTES / ((int64_t)sizeof(float) * m) / QBLOCK * QBLOCK;
-        ks = ks < QBLOCK ? QBLOCK : ks;
-    }
-    const float *x = act;
-    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
-        const int64_t rbe = min64(rb + ROW_BLOCK, r1);
-        for (int64_t k0 = 0; k0 < k; k0 += ks) {
-            const int64_t k1 = min64(k0 + ks, k);
-            for (int64_t r = rb; r < rbe; r++) {
-                for (int64_t i = 0; i < m; i += MT_MAX) {
-                    float res[MT_MAX];
-                    const int64_t mt = min64(MT_MAX, m - i);
-                    row_slice(W, r, k0, k1, x + i * xs, xs, mt, res);
-                    for (int64_t t = 0; t < mt; t++) {
-                        float *o = out + (i + t) * ldo + (r - r0);
-                        *o = k0 ? *o + res[t] : res[t];
-                    }
-                }
-            }
-        }
-    }
+    const int64_t xs = round_up(W->k, l.pad) * (int64_t)sizeof(float);
+    dsv4k_sliced_rows(W, official_slice, W->k, sizeof(float), QBLOCK, xs, act, m, r0, r1, out, ldo);
 }
 
 static void fp4_rows(const dsv4k_weight *W, const void *act, int64_t m, int64_t r0, int64_t r1, float *out, int64_t ldo) {
