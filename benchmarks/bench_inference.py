@@ -11,10 +11,10 @@ weights (the checkpoint's values are bf16-representable, so the BF16 export lose
 compares its logits with dsv4's on the benchmark prompt. Without `llama_cpp` installed its row is skipped.
 The config fits llama.cpp's loader: 4 mHC streams, compression ratios 0/4/128, an indexer head of 64.
 
-The "large" part is the same comparison where the speed of quantized weights decides it: a synthetic checkpoint of
-Flash's architecture at hidden 2048, 8 layers, 32 routed experts of 2048x2048 (top-6) and the real 129,280-token
-vocabulary, ~4B parameters, in the official format (FP4 experts, FP8 dense, BF16 head), written by the benchmark
-(streamed, kept in --large-dir). dsv4 loads it as stored (native kernels, bf16 activations); llama.cpp reads its
+The "large" part is the same comparison where the speed of quantized weights decides it: synthetic checkpoints of
+Flash's architecture with the real 129,280-token vocabulary in the official format (FP4 experts, FP8 dense, BF16
+head), written by the benchmark (streamed, kept in --large-dir): "large", hidden 2048, 8 layers, 32 routed experts
+of 2048x2048 (top-6), ~4B parameters; "small", hidden 512, 8 layers, 16 experts. dsv4 loads it as stored (native kernels, bf16 activations); llama.cpp reads its
 MXFP4 GGUF (`dsv4 convert --recipe MXFP4`: the same expert bytes, FP8 widened to BF16 as llama.cpp's own converter
 does). Both on every core. Each row also gives the bytes one decode token reads and the bound the machine's read
 bandwidth (measured in the same run) puts on tok/s.
@@ -238,22 +238,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
-# Flash's architecture at ~4B parameters (every layer type, hash layers, mHC x4; what llama.cpp's loader accepts).
-LARGE = dict(hidden_size=2048, num_hidden_layers=8, compress_ratios=[0, 0, 4, 128, 4, 128, 4, 128],
-             num_attention_heads=32, n_routed_experts=32, num_nextn_predict_layers=0, max_position_embeddings=4096,
-             original_max_position_embeddings=4096)
+# Flash's architecture at ~4B parameters and at ~0.5B (every layer type, hash layers, mHC x4, the real vocabulary;
+# what llama.cpp's loader accepts), in the official FP4/FP8 format.
+_SYNTHETIC = dict(num_hidden_layers=8, compress_ratios=[0, 0, 4, 128, 4, 128, 4, 128], num_nextn_predict_layers=0,
+                  max_position_embeddings=4096, original_max_position_embeddings=4096)
+SIZES = {"large": dict(_SYNTHETIC, hidden_size=2048, num_attention_heads=32, n_routed_experts=32),
+         "small": dict(_SYNTHETIC, hidden_size=512, num_attention_heads=8, n_routed_experts=16, q_lora_rank=512,
+                       o_lora_rank=256, moe_intermediate_size=512)}
 LARGE_GGUF = "llama.mxfp4.gguf"
 
 
-def large_checkpoint(directory: Path) -> Path:
-    """The large synthetic checkpoint (official FP4 format) and its MXFP4 GGUF, written unless already there."""
+def large_checkpoint(directory: Path, size: str) -> Path:
+    """The synthetic checkpoint of SIZES[size] (official FP4 format) and its MXFP4 GGUF, unless already there."""
     from bench_offload import ensure_checkpoint
 
     from dsv4.config import ModelConfig
     from dsv4.weights.convert import convert_checkpoint
 
-    cfg = ModelConfig(**{**ModelConfig.preset("flash").__dict__, **LARGE})
-    path = directory / "large-fp4"
+    cfg = ModelConfig(**{**ModelConfig.preset("flash").__dict__, **SIZES[size]})
+    path = directory / f"{size}-fp4"
     seconds = ensure_checkpoint(path, cfg, seed=0)
     if seconds or not (path / LARGE_GGUF).exists():
         (path / LARGE_GGUF).unlink(missing_ok=True)
@@ -314,13 +317,13 @@ def large_child(framework: str, path: str, length: int, new: int, threads: int, 
             "bytes_per_token": per_token, "rss_mib": rss_kib("VmRSS") / 1024}
 
 
-def large_rows(directory: Path, length: int, new: int, threads: int, clock: str) -> dict:
-    """Both frameworks on the large checkpoint, against the read bandwidth measured in this run."""
+def large_rows(directory: Path, size: str, length: int, new: int, threads: int, clock: str) -> dict:
+    """Both frameworks on the synthetic checkpoint of SIZES[size], against the read bandwidth measured now."""
     from bench_kernels import read_bandwidth
 
     from dsv4 import kernels
 
-    path = large_checkpoint(directory)
+    path = large_checkpoint(directory, size)
     kernels.set_threads(threads)
     bandwidth = read_bandwidth()
     rows = []
@@ -330,7 +333,7 @@ def large_rows(directory: Path, length: int, new: int, threads: int, clock: str)
         row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
         row["fraction_of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows.append(row)
-    return {"config": LARGE, "read_bandwidth_bytes_per_s": bandwidth, "threads": threads, "rows": rows}
+    return {"config": SIZES[size], "read_bandwidth_bytes_per_s": bandwidth, "threads": threads, "rows": rows}
 
 
 def large_table(large: dict) -> str:
@@ -354,6 +357,7 @@ def main() -> None:
                         "speculative (MTP on the demo model), large (dsv4 vs llama.cpp on a ~4B official-format model)")
     p.add_argument("--large-dir", type=Path, default=Path("runs/bench"), help="where the large checkpoint is kept")
     p.add_argument("--large-threads", type=int, default=0, help="threads for the large part (default: all cores)")
+    p.add_argument("--large-sizes", default="small,large", help="comma-separated: small (~0.5B), large (~4B)")
     p.add_argument("--out", default="bench_inference.json")
     args = p.parse_args()
     parts = set(args.parts.split(","))
@@ -392,8 +396,11 @@ def main() -> None:
     if "large" in parts:
         from dsv4.kernels import default_threads
 
-        out["large"] = large_rows(args.large_dir, 128, 16, args.large_threads or default_threads(), args.clock)
-        print(large_table(out["large"]))
+        out["large"] = {}
+        for size in args.large_sizes.split(","):
+            out["large"][size] = large_rows(args.large_dir, size, 128, 16, args.large_threads or default_threads(),
+                                            args.clock)
+            print(f"{size}: {SIZES[size]}\n{large_table(out['large'][size])}")
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 
