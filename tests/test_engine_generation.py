@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsv4.engine import ContextLengthError, Engine, EngineConfig, SamplingParams
-from tiny_models import random_model
+from tiny_models import greedy_tokens, random_model
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 NO_EOS = frozenset()
@@ -15,13 +15,6 @@ def model():
     return random_model(seed=3)
 
 
-def plain_greedy(model, prompt: list[int], n: int) -> list[int]:
-    cache, out = model.make_cache(1), []
-    logits = model(torch.tensor([prompt]), cache, last_only=True)[0, -1]
-    for _ in range(n):
-        out.append(int(logits.argmax()))
-        logits = model(torch.tensor([[out[-1]]]), cache)[0, -1]
-    return out
 
 
 def run(engine: Engine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
@@ -40,7 +33,7 @@ def test_batched_chunked_greedy_equals_a_plain_loop(model):
     engine = Engine(model, EngineConfig(prefill_chunk=6, max_running=3, eos_ids=NO_EOS))
     greedy = SamplingParams(temperature=0, max_tokens=10)
     ps = prompts(0)
-    assert run(engine, [(p, greedy) for p in ps]) == [plain_greedy(model, p, 10) for p in ps]
+    assert run(engine, [(p, greedy) for p in ps]) == [greedy_tokens(model, p, 10) for p in ps]
 
 
 def test_seeded_sampling_is_the_same_alone_and_batched(model):
@@ -60,13 +53,13 @@ def test_a_follow_up_turn_reuses_the_cached_conversation(model):
     second = engine.add(follow_up, greedy)
     run(engine, [])
     assert second.cached_prompt == len(first.tokens) - 1  # everything fed so far
-    assert second.output == plain_greedy(model, follow_up, 6)
+    assert second.output == greedy_tokens(model, follow_up, 6)
 
 
 def test_stop_ids_max_tokens_and_context_end_generation(model):
     engine = Engine(model, EngineConfig(eos_ids=NO_EOS))
     p = prompts(3)[0]
-    ref = plain_greedy(model, p, 5)
+    ref = greedy_tokens(model, p, 5)
     stopped = engine.add(p, SamplingParams(temperature=0, max_tokens=50, stop_token_ids=(ref[2],)))
     capped = engine.add(p, SamplingParams(temperature=0, max_tokens=4))
     run(engine, [])

@@ -23,7 +23,7 @@ from dsv4.quant import QuantLinear
 from dsv4.quant.experts import FusedExperts, expert_formats, pointer_table
 from dsv4.quant.fp8 import act_quant_dequant
 from dsv4.weights.writer import save_model
-from tiny_models import random_model
+from tiny_models import greedy_tokens, random_model
 
 ISAS = toolchain.supported_isas()
 SHAPES = [(96, 64), (130, 200), (64, 512), (33, 4096)]  # [n, k]: 64- and 200-wide inputs, ragged row blocks
@@ -186,15 +186,6 @@ def test_without_a_compiler_the_pytorch_path_runs_after_one_warning(monkeypatch,
     assert torch.allclose(layer(x), F.linear(act_quant_dequant(x), layer.dequantize()), rtol=1e-5, atol=1e-6)
 
 
-def greedy(model, prompt: list[int], n: int) -> list[int]:
-    cache, out = model.make_cache(1), []
-    logits = model(torch.tensor([prompt]), cache, last_only=True)[0, -1]
-    for _ in range(n):
-        out.append(int(logits.argmax()))
-        logits = model(torch.tensor([[out[-1]]]), cache)[0, -1]
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny_official(tmp_path_factory):
     path = tmp_path_factory.mktemp("k") / "fp4"
@@ -212,9 +203,9 @@ def test_greedy_generation_is_the_same_with_and_without_the_kernels(which, tiny_
     prompt = torch.randint(2, 500, (14,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
         with kernels.using(ISAS[0]):
-            native = greedy(model, prompt, 24)
+            native = greedy_tokens(model, prompt, 24)
         with kernels.using(None):
-            fallback = greedy(model, prompt, 24)
+            fallback = greedy_tokens(model, prompt, 24)
     assert native == fallback
 
 

@@ -18,3 +18,13 @@ def random_model(preset: str = "tiny", seed: int = 0, **overrides) -> Transforme
                 buf.copy_(torch.stack([torch.randperm(cfg.n_routed_experts)[:cfg.num_experts_per_tok]
                                        for _ in range(cfg.vocab_size)]))
     return model.eval()
+
+
+def greedy_tokens(model: Transformer, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens after `prompt`: one prefill, then one model(...) call per token on a fresh cache."""
+    cache, out = model.make_cache(1), []
+    logits = model(torch.tensor([prompt]), cache, last_only=True)[0, -1]
+    for _ in range(n):
+        out.append(int(logits.argmax()))
+        logits = model(torch.tensor([[out[-1]]]), cache)[0, -1]
+    return out

@@ -57,6 +57,14 @@ typedef struct {
 } dsv4k_format;
 
 #define MT_MAX 4 /* activation rows per pass over a weight row (they share its decode) */
+/* CALL(n) with the constant n = mt (1..MT_MAX), so tile loops over activation rows unroll into registers. */
+#define DISPATCH_MT(mt, CALL) \
+    switch (mt) {             \
+    case 1: CALL(1); break;   \
+    case 2: CALL(2); break;   \
+    case 3: CALL(3); break;   \
+    default: CALL(4); break;  \
+    }
 
 /* One weight row r over input units [u0, u1) against mt <= MT_MAX activation rows at x, xs bytes apart: res[t]. */
 typedef void (*dsv4k_slice_fn)(const dsv4k_weight *w, int64_t r, int64_t u0, int64_t u1, const uint8_t *x,

@@ -690,14 +690,6 @@ ALWAYS_INLINE void kquant_tile(int fmt, const uint8_t *wr, int64_t u0, int64_t u
     for (int t = 0; t < MT; t++) res[t] = f_hsum(acc[t]);
 }
 
-#define DISPATCH_MT(mt, CALL) \
-    switch (mt) {             \
-    case 1: CALL(1); break;   \
-    case 2: CALL(2); break;   \
-    case 3: CALL(3); break;   \
-    default: CALL(4); break;  \
-    }
-
 /* One weight row's units [u0, u1) against mt activation rows: the tile for constant fmt and MT. */
 ALWAYS_INLINE void slice_of(int fmt, const uint8_t *wr, int64_t nblocks, int64_t u0, int64_t u1, const uint8_t *x,
                             int64_t xs, int64_t mt, float *res) {

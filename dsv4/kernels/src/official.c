@@ -492,14 +492,6 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
 
 /* ---- rows: every weight row r in [r0, r1) against all m activation rows, MT_MAX at a time ---- */
 
-#define DISPATCH_MT(mt, CALL) \
-    switch (mt) {             \
-    case 1: CALL(1); break;   \
-    case 2: CALL(2); break;   \
-    case 3: CALL(3); break;   \
-    default: CALL(4); break;  \
-    }
-
 /* One weight row over inputs [k0, k1) against activation rows i..i+mt-1 (mt <= MT_MAX). */
 static inline void row_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64_t k1, const float *x, int64_t xs,
                              int64_t mt, float *res) {
