@@ -15,8 +15,6 @@ def model():
     return random_model(seed=3)
 
 
-
-
 def run(engine: Engine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
     seqs = [engine.add(p, params) for p, params in requests]
     while engine.has_work():
