@@ -96,6 +96,8 @@ def test_stored_bytes_dequantize_to_the_codec_values_bit_for_bit(isa, fmt):
     with kernels.using(isa):
         assert torch.equal(kernels.dequantize(fmt, layer.weight, layer.scale, n, k, slice(0, n)), codec_values)
         assert torch.equal(kernels.dequantize(fmt, layer.weight, layer.scale, n, k, slice(37, 101)), codec_values[37:101])
+        bf16 = kernels.dequantize(fmt, layer.weight, layer.scale, n, k, slice(3, 90), torch.bfloat16)
+        assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, codec_values[3:90].bfloat16())
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -104,6 +104,8 @@ def test_every_level_and_scale_code_multiplies_and_dequantizes_exactly(isa, fmt)
     with kernels.using(isa):
         assert torch.equal(kernels.dequantize(fmt, layer.weight, None, N, k, slice(0, N)), w)
         assert torch.equal(kernels.dequantize(fmt, layer.weight, None, N, k, slice(5, 9)), w[5:9])
+        rounded = kernels.dequantize(fmt, layer.weight, None, N, k, slice(5, 9), torch.bfloat16)
+        assert torch.equal(rounded, w[5:9].bfloat16())  # as .to(bfloat16) rounds: the prefill tiles of bf16 models
         x = activations(5, k)
         assert_within_bound(kernels.matmul(fmt, layer.weight, None, N, k, x), q8_round(fmt, x), w)
 

@@ -112,8 +112,8 @@ def test_forward_dequantizes_at_most_one_tile_of_rows_at_a_time(monkeypatch):
     seen = []
     original = layer.dequantize
 
-    def spy(rows=slice(None)):
-        out = original(rows)
+    def spy(rows=slice(None), dtype=torch.float32):
+        out = original(rows, dtype)
         seen.append(out.shape[0])
         return out
 

@@ -9,7 +9,7 @@ the fast path. The PyTorch code stays the reference the kernels are tested again
     set_backend(name) / using(name)                      choose one (tests force each, and None)
     supports(fmt) -> bool                                the active library computes this weight format
     matmul(fmt, weight, scale, n, k, x) -> fp32 [..., n]
-    dequantize(fmt, weight, scale, n, k, rows) -> fp32 [r, k]
+    dequantize(fmt, weight, scale, n, k, rows, dtype) -> [r, k] fp32 or bf16
     moe(...)                                             see `moe` below
     set_threads(n), threads(), read_probe(buffer)
 """
@@ -43,7 +43,7 @@ class Library:
         self.lib = ctypes.CDLL(str(build(isa)))
         sig = {
             "dsv4k_matmul": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _PTR, ctypes.c_int, _I64, _PTR]),
-            "dsv4k_dequant": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR]),
+            "dsv4k_dequant": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, ctypes.c_int]),
             "dsv4k_moe": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, _I64, _PTR, _I64, _I64, _PTR, ctypes.c_int,
                                          _I64, _I64, _PTR, _PTR, ctypes.c_float, ctypes.c_int, _PTR]),
             "dsv4k_supports": (ctypes.c_int, [ctypes.c_int]),
@@ -198,15 +198,19 @@ def matmul(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k
     return out
 
 
-def dequantize(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k: int, rows: slice) -> torch.Tensor:
-    """Rows `rows` (a slice with step 1) of W [n, k] as stored, in fp32 [r, k]."""
+def dequantize(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k: int, rows: slice,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows `rows` (a slice with step 1) of W [n, k] as stored: [r, k] in fp32, or rounded to bf16 (as .to() would
+    round the fp32 values; exact for fp8/fp4/bf16)."""
     lib = library()
     r0, r1, step = rows.indices(n)
     if step != 1:
         raise KernelError(f"dequantize({fmt}): rows must be a contiguous slice, found step {step}")
-    out = torch.empty(max(r1 - r0, 0), k, dtype=torch.float32)
-    _check(lib.lib.dsv4k_dequant(FORMAT_IDS[fmt], _ptr(weight), _ptr(scale), n, k, r0, max(r1, r0), _ptr(out)),
-           "dequantize", fmt)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise KernelError(f"dequantize({fmt}): output dtype float32 or bfloat16, found {dtype}")
+    out = torch.empty(max(r1 - r0, 0), k, dtype=dtype)
+    _check(lib.lib.dsv4k_dequant(FORMAT_IDS[fmt], _ptr(weight), _ptr(scale), n, k, r0, max(r1, r0), _ptr(out),
+                                 int(dtype == torch.bfloat16)), "dequantize", fmt)
     return out
 
 

@@ -28,7 +28,7 @@ def _native_rows(x: torch.Tensor, fmt: str) -> bool:
 
 
 def tiled_linear(x: torch.Tensor, out_features: int, tile_rows: int, rows_of) -> torch.Tensor:
-    """x [..., in] @ W.T -> [..., out] in x.dtype, W's rows produced `tile_rows` at a time by rows_of(slice) (fp32)."""
+    """x [..., in] @ W.T -> [..., out] in x.dtype, W's rows produced `tile_rows` at a time by rows_of(slice)."""
     out = x.new_empty(*x.shape[:-1], out_features)
     for start in range(0, out_features, tile_rows):
         rows = slice(start, min(start + tile_rows, out_features))
@@ -64,12 +64,14 @@ class QuantWeight(nn.Module):
         """The constructor's two size arguments for a weight [rows, cols] (nn.Linear and nn.Embedding differ)."""
         raise NotImplementedError
 
-    def dequantize(self, rows: Rows = slice(None)) -> torch.Tensor:
-        """Dequantized rows `rows` (slice or index tensor): fp32 [r, cols]. Whole-weight use is for tests and conversion."""
-        if isinstance(rows, slice) and rows.step in (None, 1) and kernels.supports(self.fmt) and self.weight.is_cpu:
-            return kernels.dequantize(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, rows)
+    def dequantize(self, rows: Rows = slice(None), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantized rows `rows` (slice or index tensor): [r, cols], fp32 values (rounded to `dtype` if another).
+        Whole-weight use is for tests and conversion."""
+        if (isinstance(rows, slice) and rows.step in (None, 1) and dtype in (torch.float32, torch.bfloat16)
+                and kernels.supports(self.fmt) and self.weight.is_cpu):
+            return kernels.dequantize(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, rows, dtype)
         bufs = {key: getattr(self, key) for key in self.codec.specs(1, self.codec.block)}
-        return self.codec.dequantize(bufs, rows)
+        return self.codec.dequantize(bufs, rows).to(dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -100,7 +102,7 @@ class QuantLinear(QuantWeight):
             return kernels.matmul(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, x).to(x.dtype)
         if self.codec.act_round is not None:
             x = self.codec.act_round(x)
-        return tiled_linear(x, self.out_features, self.tile_rows, self.dequantize)
+        return tiled_linear(x, self.out_features, self.tile_rows, lambda rows: self.dequantize(rows, x.dtype))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}"

@@ -123,24 +123,50 @@ typedef struct {
     const dsv4k_format *f;
     const dsv4k_weight *w;
     int64_t r0, r1, rows_per_task;
-    float *out;
+    void *out;
+    int out_bf16;
+    float *rows; /* bf16 output: an fp32 row of scratch per task */
 } dequant_ctx;
+
+/* fp32 [n] -> bf16 [n], round to nearest even (torch's .to(torch.bfloat16)). */
+static void f32_to_bf16_row(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+#if defined(DSV4K_AVX512)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+#endif
+    for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+}
 
 static void dequant_task(void *p, int64_t t) {
     dequant_ctx *c = p;
     int64_t a = c->r0 + t * c->rows_per_task, b = a + c->rows_per_task < c->r1 ? a + c->rows_per_task : c->r1;
-    c->f->dequant(c->w, a, b, c->out + (a - c->r0) * c->w->k);
+    const int64_t k = c->w->k;
+    if (!c->out_bf16) {
+        c->f->dequant(c->w, a, b, (float *)c->out + (a - c->r0) * k);
+        return;
+    }
+    float *row = c->rows + t * k;
+    for (int64_t r = a; r < b; r++) { /* one row at a time through an fp32 row, then rounded */
+        c->f->dequant(c->w, r, r + 1, row);
+        f32_to_bf16_row(row, (uint16_t *)c->out + (r - c->r0) * k, k);
+    }
 }
 
-/* out [r1 - r0, k] fp32 = rows r0..r1-1 of W, exactly the stored values. */
+/* out [r1 - r0, k] = rows r0..r1-1 of W: exactly the stored values in fp32, or (out_bf16) those rounded to bf16. */
 DSV4K_API int dsv4k_dequant(int fmt, const void *w, const void *s, int64_t n, int64_t k, int64_t r0, int64_t r1,
-                            float *out) {
+                            void *out, int out_bf16) {
     const dsv4k_format *f = dsv4k_format_of(fmt);
     int err = dsv4k_check(f, n, k);
     if (err) return err;
     if (r0 < 0 || r1 > n || r0 > r1) return ERR_SHAPE;
     dsv4k_weight W = {fmt, w, s, n, k};
-    dequant_ctx c = {f, &W, r0, r1, dsv4k_rows_per_task(r1 - r0, k), out};
-    dsv4k_parallel(dequant_task, &c, (r1 - r0 + c.rows_per_task - 1) / c.rows_per_task);
+    dequant_ctx c = {f, &W, r0, r1, dsv4k_rows_per_task(r1 - r0, k), out, out_bf16, NULL};
+    int64_t tasks = (r1 - r0 + c.rows_per_task - 1) / c.rows_per_task;
+    if (out_bf16) { /* one fp32 row per task */
+        if (!(c.rows = malloc((size_t)(tasks * k) * sizeof(float)))) return ERR_MEMORY;
+    }
+    dsv4k_parallel(dequant_task, &c, tasks);
+    free(c.rows);
     return OK;
 }
