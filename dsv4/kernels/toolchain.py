@@ -77,6 +77,8 @@ def build(isa: str) -> Path:
         raise BuildError(f"unknown instruction set {isa!r}; known: {', '.join(ISAS)}")
     cc = find_compiler()
     sources = sorted(SOURCE_DIR.glob("*.c"))
+    if not sources:
+        raise BuildError(f"the kernel sources are missing from {SOURCE_DIR} (a broken install?)")
     flags = [*BASE_FLAGS, *ISAS[isa][1]]
     key = hashlib.sha256()
     for f in sorted(SOURCE_DIR.glob("*.[ch]")):
