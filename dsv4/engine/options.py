@@ -68,8 +68,7 @@ def load_model_or_explain(args: argparse.Namespace):
         return None
     torch_threads, kernel_threads = default_threads(model.cfg.hidden_size)
     torch.set_num_threads(args.threads or torch_threads)
-    kernel_threads = args.threads or kernel_threads
-    kernels.set_threads(kernel_threads)
+    kernels.set_threads(args.threads or kernel_threads)
     return model
 
 

@@ -1,7 +1,7 @@
 """dsv4's native CPU kernels: quantized matmuls and the fused routed-experts op, on the weights' stored bytes.
 
 The C sources in `src/` are built once per instruction set (avx512, avx2, generic C) the first time they are needed
-and cached (see `build`); the best set this CPU has is used. Without a compiler, or with DSV4_KERNELS=off, every
+and cached (see `toolchain`); the best set this CPU has is used. Without a compiler, or with DSV4_KERNELS=off, every
 op reports unavailable and callers (dsv4.quant) run their PyTorch reference, after one warning saying how to get
 the fast path. The PyTorch code stays the reference the kernels are tested against.
 
@@ -159,12 +159,13 @@ def supports(fmt: str) -> bool:
 
 
 def set_threads(n: int) -> int:
-    """Size the kernels' thread pool (the caller plus n - 1 workers); returns the size in effect."""
+    """Use n threads of OpenMP's team (torch's) for the kernels; returns the count in effect (0: PyTorch path)."""
     lib = library()
     return lib.lib.dsv4k_set_threads(int(n)) if lib else 0
 
 
 def threads() -> int:
+    """Threads the kernels use (0 on the PyTorch path)."""
     lib = library()
     return lib.lib.dsv4k_get_threads() if lib else 0
 

@@ -1,7 +1,7 @@
 """The routed experts through the native fused op (`dsv4.kernels.moe`): `FusedExperts`, the drop-in for a resident
 `RoutedExperts` list, and `native_experts_sum`, which the offloaded store (dsv4.offload) calls on the experts it
 fetched. Both fall back to the per-expert PyTorch loop (`grouped_expert_sum`) whenever the op cannot run: kernels
-unavailable, experts not all QuantLinear/Bf16 in one native format, more tokens than a decode step, or an
+unavailable, experts not all QuantLinear in formats the kernels know, more tokens than a decode step, or an
 activation dtype other than fp32/bf16.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _fused(formats: tuple[str, str], table: torch.Tensor, expert: Expert, x, wei
 
 
 def native_experts_sum(experts: Mapping[int, Expert], n_experts: int, x: torch.Tensor, weights: torch.Tensor,
-                       idx: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor | None:
+                       idx: torch.Tensor) -> torch.Tensor | None:
     """sum_k w_k E_{idx_k}(x) by the fused op over `experts` (id -> expert, at least the active ones); None when the
     op cannot run here (the caller then loops in PyTorch). x [T, d]; returns [T, d] fp32."""
     first = next(iter(experts.values()))
