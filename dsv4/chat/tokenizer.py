@@ -50,8 +50,9 @@ class Tokenizer:
     vocab_size = tokens.VOCAB_SIZE
 
     def __init__(self, path: str | Path | None = None):
-        spec = json.loads(Path(path or tokenizer_json_path()).read_text(encoding="utf-8"))
-        self._hf = HFTokenizer.from_str(json.dumps(spec))
+        raw = Path(path or tokenizer_json_path()).read_text(encoding="utf-8")
+        spec = json.loads(raw)
+        self._hf = HFTokenizer.from_str(raw)
         self._added = {t["content"]: t["id"] for t in spec["added_tokens"]}
         self._added_ids = set(self._added.values())
         # Same BPE without added tokens: encodes text in which control literals stay plain.

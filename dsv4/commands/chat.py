@@ -66,6 +66,7 @@ def run(args) -> int:
     engine = engine_from_args(args)
     if engine is None:
         return 2
+    load_tokenizer()  # at start-up, not on the first message
     print(HELP)
     history: list[dict] = []
     for line in _lines():

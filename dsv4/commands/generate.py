@@ -29,10 +29,11 @@ def run(args) -> int:
     if engine is None:
         return 2
     messages = [{"role": "user", "content": args.prompt}]
+    tokenizer = load_tokenizer()  # loading, like the weights': not part of the time to first token
     start, first, pieces = time.perf_counter(), None, 0
     try:
         params = sampling_from_args(args)
-        deltas = stream_chat(engine, load_tokenizer(), messages, params, thinking=args.thinking)
+        deltas = stream_chat(engine, tokenizer, messages, params, thinking=args.thinking)
         for delta in deltas:
             first, pieces = first or time.perf_counter(), pieces + 1
             if args.show_reasoning and delta.reasoning_content:
@@ -44,7 +45,7 @@ def run(args) -> int:
     if engine.spec:
         print(f"[speculative decoding: {engine.spec.acceptance_rate:.0%} of MTP drafts accepted]", file=sys.stderr)
     if args.stats:
-        prompt = len(load_tokenizer().encode_prompt(render_messages(messages, thinking=args.thinking)))
+        prompt = len(tokenizer.encode_prompt(render_messages(messages, thinking=args.thinking)))
         print_stats(engine.runner.model, prompt, max(pieces - 1, 0), start, first or start, time.perf_counter())
     return 0
 
