@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import itertools
 import json
 import multiprocessing as mp
 import platform
@@ -57,6 +58,7 @@ CONFIG = dict(vocab_size=32000, hidden_size=512, num_hidden_layers=4, compress_r
 BATCH = 8
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 GGUF = "model.f32.gguf"  # llama.cpp's copy of the checkpoint, inside the checkpoint directory
+COMPILED = "dsv4 compiled"  # the engine with its compiled decode step (EngineConfig.compile)
 
 
 def build_checkpoint(path: Path) -> None:
@@ -94,16 +96,19 @@ def best(measure, repeats: int = 3) -> float:
     return min(measure() for _ in range(repeats))
 
 
-def dsv4_times(path: Path, length: int, new: int, clock) -> dict:
-    """(ttft, decode seconds at batch 1, decode seconds at batch 8) with the dsv4 engine."""
+def dsv4_times(path: Path, length: int, new: int, clock, compile: bool = False) -> dict:
+    """(ttft, decode seconds at batch 1, decode seconds at batch 8) with the dsv4 engine; with `compile`, the
+    compiled decode step, warmed up first (its seconds reported as `warm_up`)."""
     from dsv4 import load_model
     from dsv4.engine import Engine, EngineConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no MTP weights": transformers does not save them
         model = load_model(path, dtype=torch.float32)
-    engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset()))
-    return engine_times(engine, length, new, clock)
+    engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset(),
+                                        compile=compile))
+    warm = engine.warm_up()
+    return {**engine_times(engine, length, new, clock), "warm_up": warm}
 
 
 def engine_times(engine, length: int, new: int, clock) -> dict:
@@ -160,12 +165,14 @@ def child(framework: str, path: str, length: int, new: int, threads: int, clock:
 
         times = llama_cpp_times(Path(path) / GGUF, prompts(BATCH, length).tolist(), new, threads,
                                 functools.partial(timed, clock=CLOCKS[clock]), best)
+    elif framework.startswith("dsv4"):
+        times = dsv4_times(Path(path), length, new, CLOCKS[clock], compile=framework == COMPILED)
     else:
-        times = (dsv4_times if framework == "dsv4" else hf_times)(Path(path), length, new, CLOCKS[clock])
+        times = hf_times(Path(path), length, new, CLOCKS[clock])
     peak = rss_kib("VmHWM") - base
     return {"framework": framework, "prefill_tok_s": length / times["ttft"], "ttft_ms": 1000 * times["ttft"],
             "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
-            "peak_mem_mib": peak / 1024}
+            "peak_mem_mib": peak / 1024, "warm_up_s": times.get("warm_up")}
 
 
 def agreement(path: Path, length: int) -> dict:
@@ -187,7 +194,8 @@ def agreement(path: Path, length: int) -> dict:
 
 
 def speculative_rows(new: int, threads: int, clock: str) -> list[dict]:
-    """Greedy decoding of the demo model on held-out think prompts, plain and speculative, at batch 1 and 8."""
+    """Greedy decoding of the demo model on held-out think prompts, plain and speculative, at batch 1 and 8, with
+    the eager and the compiled decode step (warmed up first)."""
     from dsv4 import load_model
     from dsv4.chat import encode_messages_ids, load_tokenizer
     from dsv4.engine import Engine, EngineConfig, SamplingParams
@@ -199,42 +207,49 @@ def speculative_rows(new: int, threads: int, clock: str) -> list[dict]:
     ids = [encode_messages_ids([{"role": "user", "content": t.question}], tokenizer=tokenizer, thinking=True)
            for t in generate_tasks(BATCH, seed=3, split="test")]
     rows, outputs = [], {}
-    for batch in (1, BATCH):
-        for speculative in (False, True):
-            engine = Engine(model, EngineConfig(prefix_cache_bytes=0, speculative=speculative, eos_ids=frozenset()))
+    for compile, batch, speculative in itertools.product((False, True), (1, BATCH), (False, True)):
+        engine = Engine(model, EngineConfig(prefix_cache_bytes=0, speculative=speculative, eos_ids=frozenset(),
+                                            compile=compile))
+        engine.warm_up()
 
-            def run() -> float:
-                seqs = [engine.add(p, SamplingParams(temperature=0, max_tokens=new + 1)) for p in ids[:batch]]
-                while not all(s.output for s in seqs):
-                    engine.step()
-                seconds = timed(lambda: [engine.step() for _ in iter(lambda: not engine.has_work(), True)],
-                                CLOCKS[clock])
-                outputs[speculative] = [list(s.output) for s in seqs]
-                return seconds
+        def run() -> float:
+            seqs = [engine.add(p, SamplingParams(temperature=0, max_tokens=new + 1)) for p in ids[:batch]]
+            while not all(s.output for s in seqs):
+                engine.step()
+            seconds = timed(lambda: [engine.step() for _ in iter(lambda: not engine.has_work(), True)],
+                            CLOCKS[clock])
+            outputs[speculative] = [list(s.output) for s in seqs]
+            return seconds
 
-            seconds = best(run)
-            rows.append({"batch": batch, "speculative": speculative, "decode_tok_s": batch * new / seconds,
-                         "acceptance": engine.spec.acceptance_rate if engine.spec else None})
-        rows[-1]["same_output"] = outputs[True] == outputs[False]
+        seconds = best(run)
+        rows.append({"compiled": compile, "batch": batch, "speculative": speculative,
+                     "decode_tok_s": batch * new / seconds,
+                     "acceptance": engine.spec.acceptance_rate if engine.spec else None})
+        if speculative:
+            rows[-1]["same_output"] = outputs[True] == outputs[False]
     return rows
 
 
 def speculative_table(rows: list[dict]) -> str:
-    head = "| batch | speculative | decode tok/s | drafts accepted | same output |\n|---:|---|---:|---:|---|"
+    head = ("| decode step | batch | speculative | decode tok/s | drafts accepted | same output |\n"
+            "|---|---:|---|---:|---:|---|")
     lines = []
     for r in rows:
         accepted = "" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
         same = "" if "same_output" not in r else "yes" if r["same_output"] else "NO"
-        lines.append(f"| {r['batch']} | {'yes' if r['speculative'] else 'no'} | {r['decode_tok_s']:.1f} | "
-                     f"{accepted} | {same} |")
+        lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | {r['batch']} | "
+                     f"{'yes' if r['speculative'] else 'no'} | {r['decode_tok_s']:.1f} | {accepted} | {same} |")
     return "\n".join([head, *lines])
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| framework | prefill tok/s | TTFT ms | decode tok/s (b=1) | decode tok/s (b=8) | peak MiB |\n"
-            "|---|---:|---:|---:|---:|---:|")
+    head = ("| framework | prefill tok/s | TTFT ms | decode tok/s (b=1) | decode tok/s (b=8) | peak MiB | warm-up s |\n"
+            "|---|---:|---:|---:|---:|---:|---:|")
+    def warm(r: dict) -> str:
+        return "" if r.get("warm_up_s") is None else f"{r['warm_up_s']:.1f}"
+
     lines = [f"| {r['framework']} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['decode_b1_tok_s']:.1f} | "
-             f"{r['decode_b8_tok_s']:.1f} | {r['peak_mem_mib']:.0f} |" for r in rows]
+             f"{r['decode_b8_tok_s']:.1f} | {r['peak_mem_mib']:.0f} | {warm(r)} |" for r in rows]
     return "\n".join([head, *lines])
 
 
@@ -367,7 +382,7 @@ def main() -> None:
                           "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine()}}
     if "speed" in parts:
-        frameworks = ["dsv4", "transformers"]
+        frameworks = ["dsv4", COMPILED, "transformers"]
         with tempfile.TemporaryDirectory() as tmp:
             build_checkpoint(Path(tmp))
             if have_llama_cpp():

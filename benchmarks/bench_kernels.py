@@ -24,7 +24,7 @@ from dsv4 import kernels
 from dsv4.quant import QuantLinear
 
 RESULTS = Path(__file__).parent / "results" / "bench_kernels.json"
-FORMATS = ["fp4", "fp8", "bf16", "q8_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k", "q5_0", "q4_0"]
+FORMATS = ["fp4", "fp8", "bf16", "f32", "q8_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k", "q5_0", "q4_0"]
 # V4-Flash matrices [out, in]: routed/shared expert w1/w3 and w2, attention wq_a, wq_b, wkv, wo_b, and the head.
 SHAPES = {"expert w1/w3": (2048, 4096), "expert w2": (4096, 2048), "attn wq_a": (1024, 4096),
           "attn wq_b": (32768, 1024), "attn wkv": (512, 4096), "attn wo_b": (4096, 8192), "head": (129280, 4096)}
@@ -34,8 +34,9 @@ HEAD_FORMATS = {"bf16", "fp8", "q8_0", "q6_k"}  # what recipes store the head in
 def matrix(fmt: str, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stored buffers of a realistic [n, k] weight: 256 quantized Gaussian rows tiled to n."""
     rows = torch.randn(min(n, 256), k) * 0.02
-    if fmt == "bf16":
-        return rows.bfloat16().repeat(-(-n // rows.shape[0]), 1)[:n].contiguous(), None
+    if fmt in ("bf16", "f32"):
+        rows = rows.bfloat16() if fmt == "bf16" else rows
+        return rows.repeat(-(-n // rows.shape[0]), 1)[:n].contiguous(), None
     q = QuantLinear.from_weight(rows, fmt)
     tile = lambda t: t.repeat(-(-n // t.shape[0]), 1)[:n].contiguous()  # noqa: E731
     if fmt == "fp8":  # scale rows cover 128 weight rows each

@@ -17,6 +17,7 @@ import torch
 from dsv4.config import ModelConfig
 
 _GROWTH = 1.125  # compressed-entry storage grows geometrically: O(1) amortised appends, <= 12.5% slack
+MIN_ENTRIES = 16  # entry storage never shorter: a compiled step sees no size-0/1 dims to specialise on
 
 
 @dataclass
@@ -47,7 +48,7 @@ class CompressorCache:
         have = self.entries.shape[1]
         if n <= have:
             return
-        new = max(n, int(have * _GROWTH) + 1)
+        new = max(n, int(have * _GROWTH) + 1, MIN_ENTRIES)
         grown = self.entries.new_zeros(self.entries.shape[0], new, self.entries.shape[2])
         grown[:, :have] = self.entries
         self.entries = grown
@@ -77,6 +78,19 @@ class ModelCache:
     @property
     def batch_size(self) -> int:
         return self.pos.shape[0]
+
+    def reserve(self, tokens: int, min_entries: int = 0, last: int | None = None) -> None:
+        """Make room for the next `tokens` positions of every row before a forward, so the forward itself allocates
+        nothing and needs no host synchronisation. The compressors write the entry of every window the chunk
+        touches, closed or not (entry pos // m + ceil(tokens / m) at most); `min_entries` is a floor (the indexer's
+        top-k, so its k never depends on how far the sequence has come). `last`: the largest position if the caller
+        knows it (0 for a fresh cache: no read of `pos`, which would break a compiled training graph)."""
+        if last is None:
+            last = int(self.pos.max()) if self.pos.numel() else 0
+        for layer in self.layers + self.mtp:
+            for comp in layer.compressors():
+                m = comp.ratio
+                comp.ensure_capacity(max(last // m + (tokens + m - 1) // m + 1, min_entries))
 
     def advance(self, n: int) -> None:
         """Called once per forward, after every layer has consumed n new tokens per row."""

@@ -29,8 +29,8 @@ def generate(model, params: SamplingParams, speculative: bool, oracle: list[list
     if oracle is not None:
         real = engine.runner.draft
 
-        def draft(X, next_ids, cache):
-            real(X, next_ids, cache)  # keeps the MTP cache in step
+        def draft(X, next_ids, cache, step=False):
+            real(X, next_ids, cache, step)  # keeps the MTP cache in step
             rows = [s for s in seqs if s.cache is cache] or [engine.sequences[i] for i in engine.batch.rows]
             return [guess(seqs.index(s), s) for s in rows]
 

@@ -1,12 +1,13 @@
 """The native kernels (dsv4.kernels) against the PyTorch reference, for every instruction set this CPU runs:
-FP8 / FP4 / bf16 matmuls on random weights with ragged shapes and 1..64 activation rows, the reference activation
-quantization bit for bit, stored bytes used as they are (dequantizing them gives the codec's values bit for bit),
-the fused routed-experts op against the PyTorch experts loop, the forced PyTorch fallback, the build fallback
-without a compiler, and greedy generation equal with and without the kernels (demo model, tiny FP4/FP8 model).
+FP8 / FP4 / bf16 / f32 matmuls on random weights with ragged shapes and 1..64 activation rows, the reference
+activation quantization bit for bit, stored bytes used as they are (dequantizing them gives the codec's values bit
+for bit), the fused routed-experts op against the PyTorch experts loop (quantized and plain fp32 experts), the
+forced PyTorch fallback, the build fallback without a compiler, and greedy generation equal with and without the
+kernels (demo model, tiny FP4/FP8 model).
 
-Error bound: both sides sum exact products (e4m3 x e4m3, e4m3 x e2m1 x 2^k, fp32 x bf16) in fp32, in different
-orders, so |native - exact| <= 2 * k * 2^-24 * (|x| @ |W|^T) (the classic gamma_k bound on each, with margin),
-where `exact` is the float64 product of the same rounded operands.
+Error bound: both sides sum products (exact for e4m3 x e4m3, e4m3 x e2m1 x 2^k; fp32 x bf16 and fp32 x fp32 fused
+into the sum or rounded once) in fp32, in different orders, so |native - exact| <= 2 * k * 2^-24 * (|x| @ |W|^T)
+(the classic gamma_k bound on each, with margin), where `exact` is the float64 product of the same rounded operands.
 """
 import warnings
 
@@ -35,7 +36,7 @@ def operands(fmt: str, n: int, k: int, m: int, seed: int = 0):
     w[0, : k // 3] *= 1e-4  # tiny weights: e4m3 subnormal codes, small FP4 group scales
     x = torch.randn(m, k, generator=g) * torch.logspace(-2, 1, k)
     x[0, :40] *= 1e-3
-    layer = QuantLinear.from_weight(w, fmt) if fmt != "bf16" else None
+    layer = QuantLinear.from_weight(w, fmt) if fmt not in ("bf16", "f32") else None
     return layer, w, x
 
 
@@ -45,7 +46,7 @@ def exact_and_bound(x_rounded: torch.Tensor, w: torch.Tensor):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("fmt", ["fp8", "fp4", "bf16"])
+@pytest.mark.parametrize("fmt", ["fp8", "fp4", "bf16", "f32"])
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_matmul_equals_the_reference_within_the_fp32_summation_bound(isa, fmt, n, k):
     if fmt == "fp4" and k % 32:
@@ -57,11 +58,41 @@ def test_matmul_equals_the_reference_within_the_fp32_summation_bound(isa, fmt, n
                 wb = w.bfloat16()
                 got = kernels.matmul("bf16", wb, None, n, k, x)
                 exact, bound = exact_and_bound(x, wb.float())
+            elif fmt == "f32":
+                got = kernels.matmul("f32", w, None, n, k, x)
+                exact, bound = exact_and_bound(x, w)
             else:
                 got = kernels.matmul(fmt, layer.weight, layer.scale, n, k, x)
                 exact, bound = exact_and_bound(act_quant_dequant(x), layer.dequantize())
         assert got.shape == (m, n) and got.dtype == torch.float32
         assert ((got.double() - exact).abs() <= bound).all(), (isa, fmt, n, k, m)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,k", [(1, 64), (7, 64), (301, 64), (1, 512), (299, 512), (33, 80), (5, 13)])
+def test_f32_matmul_equals_torch_linear(isa, n, k):
+    """Plain fp32 weights (nn.Linear): x @ W^T with fp32 products and sums, so torch's own fp32 result differs only
+    by summation order; ragged k (80, 13) takes the vector kernels' masked tails."""
+    for m in (1, 3, 16):
+        g = torch.Generator().manual_seed(n * k + m)
+        w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+        with kernels.using(isa):
+            assert kernels.supports("f32")
+            got = kernels.matmul("f32", w, None, n, k, x)
+        exact, bound = exact_and_bound(x, w)
+        assert got.shape == (m, n) and ((got.double() - exact).abs() <= bound).all(), (isa, n, k, m)
+        ref = F.linear(x, w)
+        assert ((got - ref).norm() / ref.norm()).item() < 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f32_dequantize_returns_the_stored_rows(isa):
+    w = torch.randn(50, 96)
+    with kernels.using(isa):
+        assert torch.equal(kernels.dequantize("f32", w, None, 50, 96, slice(0, 50)), w)
+        assert torch.equal(kernels.dequantize("f32", w, None, 50, 96, slice(13, 41)), w[13:41])
+        bf16 = kernels.dequantize("f32", w, None, 50, 96, slice(3, 30), torch.bfloat16)
+        assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, w[3:30].bfloat16())
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -140,6 +171,23 @@ def test_fused_experts_op_equals_the_pytorch_experts_loop(isa, dtype):
         got = kernels.moe("fp4", "fp4", pointer_table(dict(enumerate(experts)), 6), 256, 128, x, idx, weights, 0.5)
     tol = 2e-6 if dtype == torch.float32 else 1e-2
     assert got.shape == (5, 256) and ((got - ref).norm() / ref.norm()).item() < tol
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_experts_op_with_plain_fp32_experts_equals_the_pytorch_experts_loop(isa):
+    """Experts of nn.Linear fp32 weights ("f32" in and out): the same loop, fp32 throughout."""
+    torch.manual_seed(2)
+    experts = RoutedExperts(Expert(256, 96, limit=0.5) for _ in range(6)).eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 256, generator=g)
+    idx = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(5)])
+    idx[3] = torch.tensor([4, 4, 1])
+    weights = torch.rand(5, 3, generator=g)
+    with torch.no_grad():
+        ref = grouped_expert_sum(experts, x, weights, idx)
+    with kernels.using(isa):
+        got = kernels.moe("f32", "f32", pointer_table(dict(enumerate(experts)), 6), 256, 96, x, idx, weights, 0.5)
+    assert got.shape == (5, 256) and ((got - ref).norm() / ref.norm()).item() < 1e-5
 
 
 @pytest.mark.parametrize("isa", ISAS)

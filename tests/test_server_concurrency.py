@@ -31,9 +31,9 @@ def test_sixteen_concurrent_streams_equal_each_request_alone():
     batch_sizes = []
     forward = state.loop.engine.runner.forward
 
-    def recording(ids, cache, all_logits=False):
+    def recording(ids, cache, all_logits=False, step=False):
         batch_sizes.append(len(ids))
-        return forward(ids, cache, all_logits)
+        return forward(ids, cache, all_logits, step)
 
     state.loop.engine.runner.forward = recording
     with BackgroundServer(state) as srv:

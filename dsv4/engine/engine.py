@@ -6,6 +6,7 @@ decoding sequence in one batched forward: by one token, or with speculative deco
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from dsv4.engine.batch_cache import BatchCache
@@ -22,12 +23,14 @@ from dsv4.model.transformer import Transformer
 
 @dataclass
 class EngineConfig:
-    """Limits and switches. prefix_cache_bytes 0 turns prefix reuse off; speculative needs MTP weights."""
+    """Limits and switches. prefix_cache_bytes 0 turns prefix reuse off; speculative needs MTP weights; compile
+    runs decode steps through torch.compile (`compiled.py`; call `warm_up` to compile before the first request)."""
 
     max_running: int = 16
     max_waiting: int = 64
     prefill_chunk: int = 256
     speculative: bool = False
+    compile: bool = False
     prefix_cache_bytes: int = 256 << 20
     eos_ids: frozenset[int] = field(default_factory=lambda: frozenset({1}))
 
@@ -37,7 +40,7 @@ class Engine:
 
     def __init__(self, model: Transformer, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        self.runner = Runner(model)
+        self.runner = Runner(model, compile=self.config.compile)
         self.context = model.cfg.max_position_embeddings
         self.scheduler = Scheduler(self.config.max_running, self.config.max_waiting, self.config.prefill_chunk)
         self.spec = SpeculativeDecoder(self.runner, self._choose) if self.config.speculative else None
@@ -45,6 +48,19 @@ class Engine:
         self.prefix = PrefixCache(self.config.prefix_cache_bytes, lookahead) if self.config.prefix_cache_bytes else None
         self.batch = BatchCache()
         self.sequences: dict[int, Sequence] = {}
+
+    def warm_up(self, progress=None, batch_sizes: tuple[int, ...] = (1, 2)) -> float:
+        """Compile the decode step's graphs now for these batch sizes (1, and 2 for every larger one); no-op
+        without `compile`. Returns the seconds it took."""
+        if self.runner.compiled is None:
+            return 0.0
+        try:
+            return self.runner.compiled.warm_up(self.spec is not None, progress, batch_sizes)
+        except Exception as e:  # no C++ compiler, an inductor bug...: decoding still works, eagerly
+            warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e)[:200]}); decoding "
+                          "eagerly instead", RuntimeWarning, stacklevel=2)
+            self.runner.compiled = None
+            return 0.0
 
     def add(self, prompt: list[int], params: SamplingParams, in_reasoning: bool = False) -> Sequence:
         """Queue a request. in_reasoning: the prompt opened a think block (for the reasoning budget)."""
@@ -125,7 +141,7 @@ class Engine:
         if self.spec:
             per_row = self.spec.step(order, cache)
         else:
-            _, logits = self.runner.forward([[s.output[-1]] for s in order], cache)
+            _, logits = self.runner.forward([[s.output[-1]] for s in order], cache, step=True)
             per_row = [[self._choose(s, logits[i])] for i, s in enumerate(order)]
         for s, events in zip(order, per_row):
             self._finish_last(s, events)

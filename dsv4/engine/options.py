@@ -22,6 +22,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "checkpoint stores them, FP8/FP4/GGUF blocks computed by the native kernels; BF16 = dequantize "
                         "every matrix into --dtype)")
     parser.add_argument("--speculative", action="store_true", help="MTP speculative decoding (needs MTP weights)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="run decode steps through torch.compile, compiled once at start-up (default: on for "
+                        "serve, off for generate and chat: compiling takes ~30 s with inductor's cache warm, a few "
+                        "minutes the first time, which a long-running server earns back and one answer does not)")
     parser.add_argument("--expert-budget", metavar="SIZE", help="keep routed experts on disk with a hot-expert cache "
                         "of SIZE in memory (e.g. 4GB, 512MiB; default: all experts in memory)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch and the native kernels' pool "
@@ -78,10 +82,21 @@ def engine_from_args(args: argparse.Namespace) -> Engine | None:
     if model is None:
         return None
     try:
-        return Engine(model, EngineConfig(speculative=args.speculative))
+        engine = Engine(model, EngineConfig(speculative=args.speculative, compile=bool(args.compile)))
     except ValueError as e:
         request_error(args.command, e)
         return None
+    warm_up(engine)
+    return engine
+
+
+def warm_up(engine: Engine, batch_sizes: tuple[int, ...] = (1,)) -> None:
+    """Compile the engine's decode step now (if it compiles) for these batch sizes (generate and chat decode one
+    sequence; the server passes (1, 2)), with progress lines on stderr."""
+    if engine.runner.compiled is not None:
+        seconds = engine.warm_up(lambda message: print(f"[dsv4] {message}", file=sys.stderr, flush=True),
+                                 batch_sizes)
+        print(f"[dsv4] decode step compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def request_error(command: str, error: Exception) -> int:

@@ -35,9 +35,9 @@ class SpeculativeDecoder:
         """Advance every row of `cache` (row i = order[i]) by one or two tokens; return each row's events."""
         inputs = [[s.output[-1], s.draft] if s.draft is not None else s.output[-2:] for s in order]
         snap = cache.snapshot()
-        X, logits = self.runner.forward(inputs, cache, all_logits=True)           # logits [B, 2, V]
+        X, logits = self.runner.forward(inputs, cache, all_logits=True, step=True)  # logits [B, 2, V]
         rows = [self._row(s, logits[i]) for i, s in enumerate(order)]
-        drafts = self.runner.draft(X, [next_ids for _, next_ids, _ in rows], cache)
+        drafts = self.runner.draft(X, [next_ids for _, next_ids, _ in rows], cache, step=True)
         rejected = [i for i, (_, _, ok) in enumerate(rows) if not ok]
         cache.restore_rows(snap, rejected)
         for i, s in enumerate(order):

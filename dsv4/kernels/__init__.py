@@ -25,7 +25,7 @@ import torch
 from .toolchain import ISAS, BuildError, build, supported_isas
 
 FORMAT_IDS = {"bf16": 0, "fp8": 1, "fp4": 2, "q8_0": 3, "q4_0": 4, "q5_0": 5, "q2_k": 6, "q3_k": 7, "q4_k": 8,
-              "q5_k": 9, "q6_k": 10}
+              "q5_k": 9, "q6_k": 10, "f32": 11}
 _ERRORS = {-1: "format not supported by this build", -2: "shape not supported", -3: "out of memory",
            -4: "an expert id out of range, or an active expert whose weights were not passed"}
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p

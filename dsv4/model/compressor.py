@@ -36,8 +36,10 @@ class Compressor(nn.Module):
                 finish) -> torch.Tensor:
         """Ingest x [B, S, d] at positions start[b] + s; write closed windows' entries into `cache`.
 
-        `finish` post-processes entries [B, n, D_c] (QAT rounding). Returns the entries [B, N, D_c] after this
-        chunk, N = max_b (start_b + S) // m (rows with fewer have invisible padding).
+        `finish` post-processes entries [B, n, D_c] (QAT rounding). Returns the whole entry storage [B, capacity,
+        D_c]: entry i is visible to a query at position t only once i < (t + 1) // m, so callers mask by position
+        (the storage's tail holds unwritten or rolled-back entries). The caller reserved the capacity
+        (`ModelCache.reserve`): nothing here allocates per sequence length or reads a value back to the host.
         """
         m, (B, S, _) = self.ratio, x.shape
         with torch.autocast(x.device.type, enabled=False):  # fp32 island, as in the reference (also under autocast)
@@ -56,7 +58,7 @@ class Compressor(nn.Module):
         entries = finish(apply_rope(entries, index * m, freqs))
         self._store(cache, entries, index, closed)
         self._keep_state(cache, buf_v, buf_z, (offset + S) // m)
-        return cache.entries[:, : int((start + S).max()) // m]
+        return cache.entries
 
     def _timeline(self, cache, v, z, offset, slots, n_win):
         """Local buffers: window -1 = cached previous window, then the current window's cached prefix, new tokens."""
@@ -85,16 +87,18 @@ class Compressor(nn.Module):
         return (weights * v).sum(dim=2)
 
     def _store(self, cache: CompressorCache, entries, index, closed) -> None:
-        cache.ensure_capacity(int(index.max()) + 1)
+        """Write the closed windows' entries in place (the others keep what they hold): a fixed-shape masked write."""
         at = index[..., None].expand(-1, -1, entries.shape[-1])
         old = cache.entries.gather(1, at)
         cache.entries.scatter_(1, at, torch.where(closed[..., None], entries, old))
 
     def _keep_state(self, cache: CompressorCache, buf_v, buf_z, last: torch.Tensor) -> None:
         """New current window = local window `last` (buffer index last+1); previous = the one before it."""
-        def window(buf, k):
-            return buf[torch.arange(buf.shape[0], device=buf.device), k]
+        def keep(dst, buf, k):  # in place (the state tensors stay the caller's); values only: a cache carries no
+            dst.copy_(buf[torch.arange(buf.shape[0], device=buf.device), k].detach())  # gradient between calls
 
-        cache.cur_kv, cache.cur_score = window(buf_v, last + 1), window(buf_z, last + 1)
+        keep(cache.cur_kv, buf_v, last + 1)
+        keep(cache.cur_score, buf_z, last + 1)
         if self.overlap:
-            cache.prev_kv, cache.prev_score = window(buf_v, last), window(buf_z, last)
+            keep(cache.prev_kv, buf_v, last)
+            keep(cache.prev_score, buf_z, last)

@@ -47,8 +47,9 @@ def sinkhorn_numpy(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor
 
 def fast_sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """`sinkhorn_numpy` where it is exact and no gradient is needed (inference: fp32, CPU, n <= 4 -- beyond
-    that numpy may sum rows in another order); else the reference."""
-    if logits.requires_grad or logits.dtype != torch.float32 or logits.device.type != "cpu" or logits.shape[-1] > 4:
+    that numpy may sum rows in another order); else the reference (also in a compiled step, which fuses it)."""
+    if (torch.compiler.is_compiling() or logits.requires_grad or logits.dtype != torch.float32
+            or logits.device.type != "cpu" or logits.shape[-1] > 4):
         return sinkhorn(logits, iters, eps)
     return sinkhorn_numpy(logits, iters, eps)
 

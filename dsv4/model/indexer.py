@@ -30,6 +30,7 @@ class Indexer(nn.Module):
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return simulate_fp4_indexer(x) if self.simulate else x
 
+    @torch.no_grad()  # only integer indices leave: no gradient reaches the indexer (nor its cache writes)
     def forward(self, x: torch.Tensor, qr: torch.Tensor, pos: torch.Tensor, cache: CompressorCache,
                 freqs: torch.Tensor) -> torch.Tensor:
         """x: [B, S, d], qr: [B, S, q_lora_rank], pos: [B, S]. Returns entry indices [B, S, k], -1 = none."""

@@ -22,6 +22,7 @@ def simulate_fp8_kv(kv: torch.Tensor, rope_dim: int) -> torch.Tensor:
     return torch.cat([rounded, kv[..., -rope_dim:]], dim=-1)
 
 
+@torch.compiler.assume_constant_result  # a compiled step holds H as a constant, not rebuilt per call
 @functools.lru_cache(maxsize=8)
 def _hadamard(n: int, device: torch.device) -> torch.Tensor:
     h = torch.ones(1, 1)

@@ -101,13 +101,27 @@ class Transformer(HCHead):
     def hidden_streams(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         """Run the main layers. Returns the final mHC streams [B, S, n, d] (what the MTP module consumes)."""
         self._check_ids(input_ids)
-        cache = cache if cache is not None else self.make_cache(input_ids.shape[0])
+        fresh = cache is None
+        cache = self.make_cache(input_ids.shape[0]) if fresh else cache
+        self.reserve(cache, input_ids.shape[1], last=0 if fresh else None)
+        X = self.run_layers(input_ids, cache)
+        cache.advance(input_ids.shape[1])
+        return X
+
+    def reserve(self, cache: ModelCache, tokens: int, last: int | None = None) -> None:
+        """Grow the cache's entry storage for the next `tokens` positions (see ModelCache.reserve). Host-side, before
+        a forward."""
+        cache.reserve(tokens, min_entries=self.cfg.index_topk, last=last)
+
+    def run_layers(self, input_ids: torch.Tensor, cache: ModelCache, run_block=None) -> torch.Tensor:
+        """The main layers on ids [B, S] already checked, with storage reserved; does not advance the cache.
+        Fixed shapes and no host synchronisation given (B, S, entry capacities). `run_block(block, X, pos, ids,
+        layer_cache)` runs one block (default: calling it; a compiled step passes its compiled function)."""
         pos = cache.pos[:, None] + torch.arange(input_ids.shape[1], device=input_ids.device)
         h = self.embed(input_ids)
         X = h[:, :, None].expand(-1, -1, self.cfg.hc_mult, -1).contiguous()   # [B, S, n, d]: n identical streams
         for layer, layer_cache in zip(self.layers, cache.layers):
-            X = layer(X, pos, input_ids, layer_cache)
-        cache.advance(input_ids.shape[1])
+            X = run_block(layer, X, pos, input_ids, layer_cache) if run_block else layer(X, pos, input_ids, layer_cache)
         return X
 
     def logits(self, X: torch.Tensor) -> torch.Tensor:
@@ -121,6 +135,10 @@ class Transformer(HCHead):
         next_ids: [B, S]. Returns fp32 logits [B, S, vocab].
         """
         self._check_ids(next_ids)
+        return self.run_mtp(X, next_ids, cache, depth)
+
+    def run_mtp(self, X: torch.Tensor, next_ids: torch.Tensor, cache: ModelCache, depth: int = 0) -> torch.Tensor:
+        """`mtp_logits` without the id check (its MTP layer's storage was reserved with the main layers')."""
         S = next_ids.shape[1]
         pos = cache.pos[:, None] - S + torch.arange(S, device=next_ids.device)
         y = self.mtp[depth](X, self.embed(next_ids), pos, next_ids, cache.mtp[depth])

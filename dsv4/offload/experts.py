@@ -20,6 +20,7 @@ class OffloadedExperts(nn.Module):
     def __len__(self) -> int:
         return self.n_experts
 
+    @torch.compiler.disable  # reads experts from disk on demand: data-dependent, stays outside a compiled step
     def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """x [T, d], weights / idx [T, k] -> [T, d] fp32. When the active experts fit the budget together they run
         through the fused native op straight from their stored bytes; otherwise (or without the kernels) the

@@ -11,19 +11,27 @@ from typing import Mapping
 import torch
 
 from dsv4 import kernels
+from dsv4.kernels import ops
 from dsv4.model.moe import Expert, RoutedExperts, grouped_expert_sum
 
-from .linear import NATIVE_MAX_ROWS, QuantLinear
+from .linear import NATIVE_MAX_ROWS, QuantLinear, plain_format
 
 WEIGHTS = ("w1", "w3", "w2")
 
 
+def _format(module: torch.nn.Module) -> str | None:
+    """The kernels' format of a projection: a QuantLinear's own, f32/bf16 for a plain float nn.Linear, else None."""
+    fmt = module.fmt if isinstance(module, QuantLinear) else (
+        plain_format(module.weight) if isinstance(module, torch.nn.Linear) and module.bias is None else None)
+    return fmt if fmt in kernels.FORMAT_IDS else None
+
+
 def expert_formats(expert: Expert) -> tuple[str, str] | None:
-    """(format of w1/w3, format of w2) when every projection is a QuantLinear the kernels know, else None."""
-    mods = [getattr(expert, w) for w in WEIGHTS]
-    if not all(isinstance(m, QuantLinear) and m.fmt in kernels.FORMAT_IDS for m in mods) or mods[0].fmt != mods[1].fmt:
+    """(format of w1/w3, format of w2) when every projection is in a format the kernels know, else None."""
+    fmts = [_format(getattr(expert, w)) for w in WEIGHTS]
+    if None in fmts or fmts[0] != fmts[1]:
         return None
-    return mods[0].fmt, mods[2].fmt
+    return fmts[0], fmts[2]
 
 
 def pointer_table(experts: Mapping[int, Expert], n_experts: int) -> torch.Tensor:
@@ -38,13 +46,15 @@ def pointer_table(experts: Mapping[int, Expert], n_experts: int) -> torch.Tensor
 
 
 def usable(x: torch.Tensor, formats: tuple[str, str] | None) -> bool:
-    """Whether the fused op runs for activations x [T, d] and experts of `formats` (few tokens: decode steps)."""
+    """Whether the fused op runs for activations x [T, d] and experts of `formats` (few tokens: decode steps;
+    no autograd, which the op lacks)."""
     return (formats is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and x.shape[0] <= NATIVE_MAX_ROWS and all(kernels.supports(f) for f in formats))
+            and x.shape[0] <= NATIVE_MAX_ROWS and all(kernels.supports(f) for f in formats)
+            and not (torch.is_grad_enabled() and x.requires_grad))
 
 
 def _fused(formats: tuple[str, str], table: torch.Tensor, expert: Expert, x, weights, idx) -> torch.Tensor:
-    return kernels.moe(*formats, table, expert.w2.out_features, expert.w1.out_features, x, idx, weights, expert.limit)
+    return ops.moe(*formats, table, expert.w2.out_features, expert.w1.out_features, x, idx, weights, expert.limit)
 
 
 def native_experts_sum(experts: Mapping[int, Expert], n_experts: int, x: torch.Tensor, weights: torch.Tensor,
@@ -64,18 +74,24 @@ class FusedExperts(RoutedExperts):
 
     def __init__(self, experts: RoutedExperts, formats: tuple[str, str]):
         super().__init__(experts)
-        self.formats, self._table = formats, None
+        self.formats = formats
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re)build the weights' address table; eager calls do it themselves when the buffers moved."""
+        self._table = pointer_table(dict(enumerate(self)), len(self))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if not usable(x, self.formats):
             return grouped_expert_sum(self, x, weights, idx)
-        if self._table is None or int(self._table[0, 0]) != self[0].w1.weight.data_ptr():
-            self._table = pointer_table(dict(enumerate(self)), len(self))  # (re)built when buffers move
+        if not torch.compiler.is_compiling() and int(self._table[0, 0]) != self[0].w1.weight.data_ptr():
+            self.refresh()
         return _fused(self.formats, self._table, self[0], x, weights, idx)
 
 
 def fuse_experts(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap, in place, every resident RoutedExperts list of QuantLinear experts for FusedExperts; returns model."""
+    """Swap, in place, every resident RoutedExperts list whose experts the kernels can read (QuantLinear, or plain
+    fp32/bf16 nn.Linear) for FusedExperts; returns model."""
     for name, module in list(model.named_modules()):
         if type(module) is RoutedExperts and len(module) and (formats := expert_formats(module[0])) is not None:
             parent, _, attr = name.rpartition(".")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsv4 import kernels
+from dsv4.kernels import ops
 
 from .codecs import Rows, get_codec
 from .errors import QuantShapeError
@@ -99,7 +100,7 @@ class QuantLinear(QuantWeight):
         if x.shape[-1] != self.in_features:
             raise QuantShapeError(f"QuantLinear({self.fmt}): input last dim {x.shape[-1]}, expected {self.in_features}")
         if _native_rows(x, self.fmt):  # quantizes fp8/fp4 activations itself, as the reference GEMM does
-            return kernels.matmul(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, x).to(x.dtype)
+            return ops.matmul(self.fmt, self.weight, getattr(self, "scale", None), *self.shape, x).to(x.dtype)
         if self.codec.act_round is not None:
             x = self.codec.act_round(x)
         return tiled_linear(x, self.out_features, self.tile_rows, lambda rows: self.dequantize(rows, x.dtype))
@@ -149,7 +150,7 @@ class Bf16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if _native_rows(x, "bf16"):
-            return kernels.matmul("bf16", self.weight, None, self.out_features, self.in_features, x)
+            return ops.matmul("bf16", self.weight, None, self.out_features, self.in_features, x)
         return tiled_linear(x, self.out_features, self.tile_rows, lambda rows: self.weight[rows].float())
 
     def extra_repr(self) -> str:
@@ -171,9 +172,39 @@ class GroupedBf16Linear(nn.Module):
         if not _native_rows(o[..., 0, :], "bf16"):
             w = self.weight.view(self.groups, r, -1).to(o.dtype)
             return torch.einsum("...gi,gri->...gr", o, w).flatten(-2)
-        groups = [kernels.matmul("bf16", self.weight[g * r:(g + 1) * r], None, r, self.in_features, o[..., g, :])
+        groups = [ops.matmul("bf16", self.weight[g * r:(g + 1) * r], None, r, self.in_features, o[..., g, :])
                   for g in range(self.groups)]
         return torch.cat(groups, -1).to(o.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.groups}, weight=bf16"
+
+
+PLAIN_FORMATS = {torch.float32: "f32", torch.bfloat16: "bf16"}  # plain float weights the native kernels read
+
+
+def plain_format(weight: torch.Tensor) -> str | None:
+    """The native kernels' name for a plain float weight's dtype (f32, bf16), None for others."""
+    return PLAIN_FORMATS.get(weight.dtype)
+
+
+class FloatLinear(nn.Linear):
+    """nn.Linear(bias=False) whose decode rows (few, no autograd) run the native kernel on its fp32/bf16 weight:
+    the GEMV at memory bandwidth, one opaque op in a compiled step. Same parameters and state dict as nn.Linear;
+    forward: x [..., in] -> [..., out] in x.dtype (fp32 accumulation, as F.linear on CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = plain_format(self.weight)
+        if (fmt is None or self.bias is not None or x.dtype != self.weight.dtype or not _native_rows(x, fmt)
+                or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            return super().forward(x)
+        return ops.matmul(fmt, self.weight, None, self.out_features, self.in_features, x).to(x.dtype)
+
+
+def native_float_linears(model: nn.Module) -> nn.Module:
+    """Make, in place, every plain bias-free nn.Linear of `model` a FloatLinear (same object and parameters);
+    returns model."""
+    for module in model.modules():
+        if type(module) is nn.Linear and module.bias is None:
+            module.__class__ = FloatLinear
+    return model

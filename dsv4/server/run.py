@@ -14,9 +14,13 @@ from dsv4.server.state import ServerState
 
 
 def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | None = None,
-               config: EngineConfig | None = None) -> ServerState:
-    """Start the engine thread for `model` with the bundled V4 tokenizer."""
-    return ServerState(EngineLoop(Engine(model, config)), load_tokenizer(), model_name, api_key)
+               config: EngineConfig | None = None, warm_up=None) -> ServerState:
+    """Start the engine thread for `model` with the bundled V4 tokenizer. `warm_up(engine)` runs first (the
+    CLI compiles the decode step there, before the first request)."""
+    engine = Engine(model, config)
+    if warm_up is not None:
+        warm_up(engine)
+    return ServerState(EngineLoop(engine), load_tokenizer(), model_name, api_key)
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -20,7 +20,7 @@ from dsv4.offload import OffloadConfig, offload_experts
 from dsv4.quant import Recipe, get_recipe, prepare_module
 from dsv4.quant.codecs import PLAIN
 from dsv4.model.attention import GroupedLinear
-from dsv4.quant.linear import Bf16Linear, GroupedBf16Linear, QuantWeight
+from dsv4.quant.linear import Bf16Linear, GroupedBf16Linear, QuantWeight, native_float_linears
 from dsv4.quant.recipes import GROUPS
 from dsv4.quant.experts import fuse_experts
 from dsv4.quant.transform import BF16_ISLANDS, classify
@@ -71,7 +71,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
         fill_unit(model, entry, source, device)
     unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not unfilled, f"plan() left {unfilled[:3]} unfilled"
-    return fuse_experts(cast_model(model, dtype).eval())
+    return native_float_linears(fuse_experts(cast_model(model, dtype).eval()))
 
 
 def stored_recipe(source: CheckpointSource) -> Recipe:

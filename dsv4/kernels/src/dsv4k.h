@@ -34,7 +34,8 @@ enum {
     FMT_FP4 = 2,  /* e2m1 packed [n, k/2] + ue8m0 scale [n, k/32] (official MXFP4 experts) */
     FMT_Q8_0 = 3, FMT_Q4_0 = 4, FMT_Q5_0 = 5, /* GGUF legacy blocks of 32, row = k/32 blocks */
     FMT_Q2_K = 6, FMT_Q3_K = 7, FMT_Q4_K = 8, FMT_Q5_K = 9, FMT_Q6_K = 10, /* GGUF K-quants, 256 per block */
-    FMT_COUNT = 11
+    FMT_F32 = 11, /* fp32 [n, k] (plain nn.Linear weights) */
+    FMT_COUNT = 12
 };
 
 /* A weight matrix as stored: w (and s, the scales, for fp8/fp4); n rows (outputs) of k inputs. */
@@ -75,7 +76,7 @@ void dsv4k_sliced_rows(const dsv4k_weight *w, dsv4k_slice_fn slice, int64_t unit
                        int64_t granule, int64_t xs, const void *act, int64_t m, int64_t r0, int64_t r1, float *out,
                        int64_t ldo);
 
-const dsv4k_format *dsv4k_official_format(int fmt); /* official.c: bf16, fp8, fp4 */
+const dsv4k_format *dsv4k_official_format(int fmt); /* official.c: bf16, fp8, fp4, f32 */
 const dsv4k_format *dsv4k_gguf_format(int fmt);     /* gguf.c: the GGUF block types (NULL until implemented) */
 const dsv4k_format *dsv4k_format_of(int fmt);
 

@@ -838,4 +838,4 @@ static const dsv4k_format GGUF[FMT_COUNT] = {
     ENTRY(q3_k, FMT_Q3_K, 256), ENTRY(q4_k, FMT_Q4_K, 256), ENTRY(q5_k, FMT_Q5_K, 256), ENTRY(q6_k, FMT_Q6_K, 256),
 };
 
-const dsv4k_format *dsv4k_gguf_format(int fmt) { return fmt >= FMT_Q8_0 && fmt < FMT_COUNT ? &GGUF[fmt] : NULL; }
+const dsv4k_format *dsv4k_gguf_format(int fmt) { return fmt >= FMT_Q8_0 && fmt <= FMT_Q6_K ? &GGUF[fmt] : NULL; }

@@ -6,7 +6,8 @@
  * last block shorter than 128 is its own block), then every product of an e4m3 activation and an e4m3 / e2m1 weight
  * is exact and the sums are fp32. Both operands are exact in bf16, so the AVX-512 path uses bf16 dot products
  * (vdpbf16ps) with fp32 accumulation: equal to the reference up to summation order. bf16 weights are multiplied
- * with fp32 activations in fp32 (the reference's fp32 islands: the head, the compressors).
+ * with fp32 activations in fp32 (the reference's fp32 islands: the head, the compressors). f32 weights (plain
+ * nn.Linear) likewise: fp32 products, fp32 sums.
  */
 #include <stdlib.h>
 
@@ -51,10 +52,11 @@ typedef struct {
 
 #if defined(DSV4K_AVX512)
 static const layout BF16_ACT = {32, 32, 2}, FP8_ACT = {32, 32, 2}, FP4_ACT = {128, 128, 8};
+static const layout F32_ACT = {16, 16, 1}; /* plain rows (prep_rows_avx512 wants a perm: 1 way is the identity) */
 #elif defined(DSV4K_AVX2)
-static const layout BF16_ACT = {16, 16, 2}, FP8_ACT = {8, 0, 1}, FP4_ACT = {16, 16, 2};
+static const layout BF16_ACT = {16, 16, 2}, FP8_ACT = {8, 0, 1}, FP4_ACT = {16, 16, 2}, F32_ACT = {8, 0, 1};
 #else
-static const layout BF16_ACT = {1, 0, 1}, FP8_ACT = {1, 0, 1}, FP4_ACT = {32, 0, 1};
+static const layout BF16_ACT = {1, 0, 1}, FP8_ACT = {1, 0, 1}, FP4_ACT = {32, 0, 1}, F32_ACT = {1, 0, 1};
 #endif
 
 static size_t layout_bytes(layout l, int64_t m, int64_t k) {
@@ -144,9 +146,11 @@ static void prep_rows(layout l, int quant, const float *x, int64_t m, int64_t k,
 static size_t bf16_act_bytes(int64_t m, int64_t k) { return layout_bytes(BF16_ACT, m, k); }
 static size_t fp8_act_bytes(int64_t m, int64_t k) { return layout_bytes(FP8_ACT, m, k); }
 static size_t fp4_act_bytes(int64_t m, int64_t k) { return layout_bytes(FP4_ACT, m, k); }
+static size_t f32_act_bytes(int64_t m, int64_t k) { return layout_bytes(F32_ACT, m, k); }
 static void bf16_prep(const float *x, int64_t m, int64_t k, void *act) { prep_rows(BF16_ACT, 0, x, m, k, act); }
 static void fp8_prep(const float *x, int64_t m, int64_t k, void *act) { prep_rows(FP8_ACT, 1, x, m, k, act); }
 static void fp4_prep(const float *x, int64_t m, int64_t k, void *act) { prep_rows(FP4_ACT, 1, x, m, k, act); }
+static void f32_prep(const float *x, int64_t m, int64_t k, void *act) { prep_rows(F32_ACT, 0, x, m, k, act); }
 
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -338,6 +342,35 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
     for (int t = 0; t < MT; t++) res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
 }
 
+/* One fp32 weight row against MT fp32 activation rows (plain, zero-padded to 16): 64 values per step into 4
+ * independent accumulators per activation row, so a single row's FMA chain does not bound the stream. */
+ALWAYS_INLINE void f32_tile(const float *wr, int64_t k0, int64_t k1, const float *x, int64_t xs, float *res,
+                            const int MT) {
+    __m512 acc[MT_MAX][4];
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
+    int64_t j = k0;
+    for (; j + 64 <= k1; j += 64) {
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            PREFETCH(wr + j + 16 * q);
+            const __m512 w = _mm512_loadu_ps(wr + j + 16 * q);
+#pragma GCC unroll 8
+            for (int t = 0; t < MT; t++) acc[t][q] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * xs + j + 16 * q), acc[t][q]);
+        }
+    }
+    for (; j < k1; j += 16) {
+        int64_t left = k1 - j;
+        PREFETCH(wr + j);
+        const __m512 w = _mm512_maskz_loadu_ps(left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1), wr + j);
+#pragma GCC unroll 8
+        for (int t = 0; t < MT; t++) acc[t][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * xs + j), acc[t][0]);
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; t++)
+        res[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]), _mm512_add_ps(acc[t][2], acc[t][3])));
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 #elif defined(DSV4K_AVX2)
 
@@ -445,6 +478,33 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
     for (int t = 0; t < MT; t++) res[t] = hsum8(_mm256_add_ps(acc[t][0], acc[t][1]));
 }
 
+/* fp32 row, layout F32_ACT (plain, zero-padded to 8): 32 values per step into 4 accumulators. */
+ALWAYS_INLINE void f32_tile(const float *wr, int64_t k0, int64_t k1, const float *x, int64_t xs, float *res,
+                            const int MT) {
+    __m256 acc[MT_MAX][4];
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm256_setzero_ps();
+    int64_t j = k0;
+    for (; j + 32 <= k1; j += 32) {
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            if (!(q & 1)) PREFETCH(wr + j + 8 * q);
+            const __m256 w = _mm256_loadu_ps(wr + j + 8 * q);
+#pragma GCC unroll 8
+            for (int t = 0; t < MT; t++) acc[t][q] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * xs + j + 8 * q), acc[t][q]);
+        }
+    }
+    for (; j < k1; j += 8) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256 w = _mm256_maskload_ps(wr + j, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k1 - j)), lanes));
+#pragma GCC unroll 8
+        for (int t = 0; t < MT; t++) acc[t][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * xs + j), acc[t][0]);
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; t++)
+        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 #else /* portable C */
 
@@ -488,6 +548,16 @@ ALWAYS_INLINE void bf16_tile(const uint16_t *wr, int64_t k0, int64_t k1, const f
         res[t] = acc;
     }
 }
+
+ALWAYS_INLINE void f32_tile(const float *wr, int64_t k0, int64_t k1, const float *x, int64_t xs, float *res,
+                            const int MT) {
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; t++) {
+        float acc = 0.f;
+        for (int64_t j = k0; j < k1; j++) acc += wr[j] * x[t * xs + j];
+        res[t] = acc;
+    }
+}
 #endif
 
 /* ---- rows: every weight row r in [r0, r1) against all m activation rows, MT_MAX at a time ---- */
@@ -517,6 +587,13 @@ static inline void row_slice(const dsv4k_weight *W, int64_t r, int64_t k0, int64
     case FMT_FP8: {
         const uint8_t *wr = W->w + r * k, *srow = W->s + (r / QBLOCK) * ((k + QBLOCK - 1) / QBLOCK);
 #define CALL(n) fp8_tile(wr, srow, k0, k1, x, xs, res, n)
+        DISPATCH_MT(mt, CALL)
+#undef CALL
+        break;
+    }
+    case FMT_F32: {
+        const float *wr = (const float *)W->w + r * k;
+#define CALL(n) f32_tile(wr, k0, k1, x, xs, res, n)
         DISPATCH_MT(mt, CALL)
 #undef CALL
         break;
@@ -552,6 +629,10 @@ static void fp8_rows(const dsv4k_weight *W, const void *act, int64_t m, int64_t 
 
 static void bf16_rows(const dsv4k_weight *W, const void *act, int64_t m, int64_t r0, int64_t r1, float *out, int64_t ldo) {
     official_rows(W, BF16_ACT, act, m, r0, r1, out, ldo);
+}
+
+static void f32_rows(const dsv4k_weight *W, const void *act, int64_t m, int64_t r0, int64_t r1, float *out, int64_t ldo) {
+    official_rows(W, F32_ACT, act, m, r0, r1, out, ldo);
 }
 
 /* ---- dequantize rows to fp32 (the prefill path multiplies whole tiles with torch) ---- */
@@ -612,12 +693,17 @@ static void bf16_dequant(const dsv4k_weight *W, int64_t r0, int64_t r1, float *o
     for (int64_t i = 0; i < (r1 - r0) * W->k; i++) out[i] = bf16_to_f32(w[r0 * W->k + i]);
 }
 
+static void f32_dequant(const dsv4k_weight *W, int64_t r0, int64_t r1, float *out) {
+    memcpy(out, (const float *)W->w + r0 * W->k, (size_t)((r1 - r0) * W->k) * sizeof(float));
+}
+
 static const dsv4k_format OFFICIAL[3] = {
     [FMT_BF16] = {bf16_act_bytes, bf16_prep, bf16_rows, bf16_dequant, 1},
     [FMT_FP8] = {fp8_act_bytes, fp8_prep, fp8_rows, fp8_dequant, 1},
     [FMT_FP4] = {fp4_act_bytes, fp4_prep, fp4_rows, fp4_dequant, FP4_GROUP},
 };
+static const dsv4k_format F32 = {f32_act_bytes, f32_prep, f32_rows, f32_dequant, 1};
 
 const dsv4k_format *dsv4k_official_format(int fmt) {
-    return fmt >= FMT_BF16 && fmt <= FMT_FP4 ? &OFFICIAL[fmt] : NULL;
+    return fmt >= FMT_BF16 && fmt <= FMT_FP4 ? &OFFICIAL[fmt] : fmt == FMT_F32 ? &F32 : NULL;
 }
