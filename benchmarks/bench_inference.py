@@ -21,14 +21,16 @@ bandwidth (measured in the same run) puts on tok/s.
 
 Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
 bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s at batch 1 and 8 with and without
-`--speculative`, the share of drafts accepted, and whether the outputs are identical (they must be).
+`--speculative`, the share of drafts accepted, and whether the outputs are identical (they must be); each with the
+eager and the compiled decode step (`--compile`; its warm-up is reported in the speed table). The "server" part
+measures the same through the OpenAI server (the engine `dsv4 serve` builds, streamed over HTTP).
 
 `--clock cpu` times with the process's CPU time instead of the wall clock: on a machine shared with other jobs
 (where this process gets a small slice of each core) wall time measures the neighbours; with one thread, CPU time
 is what the wall clock would show on an idle machine.
 
     python benchmarks/bench_inference.py [--prompt 256] [--decode 32] [--threads 2] [--clock wall|cpu]
-                                         [--parts speed,speculative,large] [--out bench_inference.json]
+                                         [--parts speed,profile,speculative,server,large] [--out bench_inference.json]
 """
 from __future__ import annotations
 
@@ -230,15 +232,130 @@ def speculative_rows(new: int, threads: int, clock: str) -> list[dict]:
     return rows
 
 
+SORT_PROMPT = "Sort these numbers in ascending order: 42, 7, 19, 88, 3."
+
+
+def server_rows(threads: int) -> list[dict]:
+    """The demo model behind the OpenAI server (`dsv4 serve`'s engine, warm-up included), one streamed greedy
+    thinking-mode answer to SORT_PROMPT per configuration: decode tok/s from the first streamed chunk to the last,
+    eager and compiled, plain and speculative; and whether the texts agree."""
+    import openai
+
+    from dsv4 import load_model
+    from dsv4.engine import EngineConfig
+    from dsv4.engine.model_path import default_model_path
+    from dsv4.server.run import BackgroundServer, make_state
+
+    torch.set_num_threads(threads)
+    model, rows, texts = load_model(default_model_path()), [], set()
+    for compile, speculative in itertools.product((False, True), (False, True)):
+        state = make_state(model, model_name="demo", config=EngineConfig(speculative=speculative, compile=compile),
+                           warm_up=lambda engine: engine.warm_up(batch_sizes=(1,)))
+        with BackgroundServer(state) as srv:
+            client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+
+            def answer() -> tuple[float, int, str]:
+                stream = client.chat.completions.create(
+                    model="demo", messages=[{"role": "user", "content": SORT_PROMPT}], max_tokens=200,
+                    temperature=0, stream=True, stream_options={"include_usage": True},
+                    extra_body={"thinking": {"type": "enabled"}})
+                first = last = None
+                pieces, usage = [], None
+                for chunk in stream:
+                    now = time.perf_counter()
+                    if chunk.choices:
+                        first, last = first or now, now
+                        delta = chunk.choices[0].delta
+                        pieces.append((getattr(delta, "reasoning_content", None) or "") + (delta.content or ""))
+                    usage = chunk.usage or usage
+                return last - first, usage.completion_tokens, "".join(pieces)
+
+            answer()  # warm (first request)
+            seconds, tokens, text = min(answer() for _ in range(3))
+            texts.add(text)
+            engine = state.loop.engine
+            rows.append({"compiled": compile, "speculative": speculative, "tokens": tokens,
+                         "decode_tok_s": (tokens - 1) / seconds,
+                         "acceptance": engine.spec.acceptance_rate if engine.spec else None})
+    for r in rows:
+        r["same_text"] = len(texts) == 1
+    return rows
+
+
+def profile_rows(path: Path, length: int, threads: int, steps: int = 50) -> list[dict]:
+    """Where a batch-1 decode step of the benchmark model goes, eager and compiled: torch.profiler over `steps`
+    engine steps, self time grouped into what the step does. ms per step."""
+    from torch.profiler import profile
+
+    from dsv4 import kernels, load_model
+    from dsv4.engine import Engine, EngineConfig, SamplingParams
+
+    torch.set_num_threads(threads)
+    kernels.set_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(path, dtype=torch.float32)
+    rows = []
+    for compile in (False, True):
+        engine = Engine(model, EngineConfig(prefix_cache_bytes=0, eos_ids=frozenset(), compile=compile))
+        engine.warm_up(batch_sizes=(1,))
+        engine.add(prompts(1, length)[0].tolist(), SamplingParams(temperature=0, max_tokens=steps + 20))
+        for _ in range(10):
+            engine.step()
+        with profile(record_shapes=True) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            total = (time.perf_counter() - start) / steps * 1000
+        parts = {"head GEMV (32000x512 fp32)": 0.0, "other GEMVs": 0.0, "routed experts (fused op)": 0.0,
+                 "guard checks": 0.0, "attention, compressors, indexer, mHC, norms (graph kernels or eager ops)": 0.0}
+        for e in prof.key_averages(group_by_input_shape=True):
+            ms = e.self_cpu_time_total / 1000 / steps
+            if e.key in ("dsv4::matmul", "aten::mm", "aten::addmm") and "32000" in str(e.input_shapes):
+                parts["head GEMV (32000x512 fp32)"] += ms
+            elif e.key in ("dsv4::matmul", "aten::mm", "aten::addmm", "aten::linear"):
+                parts["other GEMVs"] += ms
+            elif e.key == "dsv4::moe":
+                parts["routed experts (fused op)"] += ms
+            elif e.key == "TorchDynamo Cache Lookup":
+                parts["guard checks"] += ms
+            else:
+                parts["attention, compressors, indexer, mHC, norms (graph kernels or eager ops)"] += ms
+        measured = sum(parts.values())
+        rows.append({"compiled": compile, "step_ms": total, **parts,
+                     "engine and Python outside ops": max(total - measured, 0.0)})
+    return rows
+
+
+def profile_table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("compiled", "step_ms")]
+    head = "| share of a batch-1 decode step (ms) | " + " | ".join(
+        "compiled" if r["compiled"] else "eager" for r in rows) + " |\n|---|" + "---:|" * len(rows)
+    lines = [f"| {k} | " + " | ".join(f"{r[k]:.2f}" for r in rows) + " |" for k in keys]
+    lines.append("| **whole step (wall clock)** | " + " | ".join(f"**{r['step_ms']:.2f}**" for r in rows) + " |")
+    return "\n".join([head, *lines])
+
+
+def accepted(r: dict) -> str:
+    return "" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
+
+
+def server_table(rows: list[dict]) -> str:
+    head = "| decode step | speculative | tokens | decode tok/s | drafts accepted |\n|---|---|---:|---:|---:|"
+    lines = [f"| {'compiled' if r['compiled'] else 'eager'} | {'yes' if r['speculative'] else 'no'} | {r['tokens']} | "
+             f"{r['decode_tok_s']:.1f} | {accepted(r)} |" for r in rows]
+    same = "the same text" if rows and rows[0]["same_text"] else "DIFFERENT texts"
+    return "\n".join([head, *lines, f"All four configurations streamed {same}."])
+
+
 def speculative_table(rows: list[dict]) -> str:
     head = ("| decode step | batch | speculative | decode tok/s | drafts accepted | same output |\n"
             "|---|---:|---|---:|---:|---|")
     lines = []
     for r in rows:
-        accepted = "" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
         same = "" if "same_output" not in r else "yes" if r["same_output"] else "NO"
         lines.append(f"| {'compiled' if r['compiled'] else 'eager'} | {r['batch']} | "
-                     f"{'yes' if r['speculative'] else 'no'} | {r['decode_tok_s']:.1f} | {accepted} | {same} |")
+                     f"{'yes' if r['speculative'] else 'no'} | {r['decode_tok_s']:.1f} | {accepted(r)} | {same} |")
     return "\n".join([head, *lines])
 
 
@@ -368,16 +485,20 @@ def main() -> None:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (for a machine shared with other jobs)")
     p.add_argument("--parts", default="speed,speculative",
-                   help="comma-separated: speed (dsv4 vs transformers vs llama.cpp), "
-                        "speculative (MTP on the demo model), large (dsv4 vs llama.cpp on a ~4B official-format model)")
+                   help="comma-separated: speed (dsv4 vs transformers vs llama.cpp), profile (speed, plus where a "
+                        "decode step's time goes, eager and compiled), "
+                        "speculative (MTP on the demo model), server (the demo model through the OpenAI server, "
+                        "eager/compiled, plain/speculative), large (dsv4 vs llama.cpp on a ~4B official-format model)")
     p.add_argument("--large-dir", type=Path, default=Path("runs/bench"), help="where the large checkpoint is kept")
     p.add_argument("--large-threads", type=int, default=0, help="threads for the large part (default: all cores)")
     p.add_argument("--large-sizes", default="small,large", help="comma-separated: small (~0.5B), large (~4B)")
     p.add_argument("--out", default="bench_inference.json")
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    if not parts or parts - {"speed", "speculative", "large"}:
-        p.error(f"--parts takes speed, speculative and/or large, found {args.parts!r}")
+    if not parts or parts - {"speed", "profile", "speculative", "server", "large"}:
+        p.error(f"--parts takes speed, profile, speculative, server and/or large, found {args.parts!r}")
+    if "profile" in parts:
+        parts.add("speed")  # profiles the speed part's checkpoint
     out: dict = {"meta": {"config": CONFIG, "prompt": args.prompt, "decode": args.decode, "batch": BATCH,
                           "threads": args.threads, "clock": args.clock, "torch": torch.__version__,
                           "machine": platform.processor() or platform.machine()}}
@@ -399,8 +520,13 @@ def main() -> None:
                                             args.clock).result())
             if "llama.cpp" in frameworks:
                 out["llama_cpp_agreement"] = agreement(Path(tmp), args.prompt)
+            if "profile" in parts:
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                    out["profile"] = pool.submit(profile_rows, Path(tmp), args.prompt, args.threads).result()
         print(table(rows))
         out["results"] = rows
+        if "profile" in out:
+            print(profile_table(out["profile"]))
         if "llama_cpp_agreement" in out:
             a = out["llama_cpp_agreement"]
             print(f"llama.cpp vs dsv4 logits over the {args.prompt}-token prompt: max |diff| {a['max_abs_diff']:.2e} "
@@ -408,6 +534,9 @@ def main() -> None:
     if "speculative" in parts:
         out["speculative"] = speculative_rows(args.decode, args.threads, args.clock)
         print(speculative_table(out["speculative"]))
+    if "server" in parts:
+        out["server"] = server_rows(args.threads)
+        print(server_table(out["server"]))
     if "large" in parts:
         from dsv4.kernels import default_threads
 

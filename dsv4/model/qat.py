@@ -5,8 +5,6 @@
 - Indexer: queries and compressed keys are rotated by a Walsh-Hadamard transform, then rounded to e2m1 with a
   ue8m0 scale per 32 values. Without simulation we skip the rotation too: it is orthonormal, so q.k is unchanged.
 """
-import functools
-
 import torch
 
 from dsv4.lowp import block_roundtrip
@@ -22,13 +20,18 @@ def simulate_fp8_kv(kv: torch.Tensor, rope_dim: int) -> torch.Tensor:
     return torch.cat([rounded, kv[..., -rope_dim:]], dim=-1)
 
 
+_HADAMARD: dict[tuple[int, str], torch.Tensor] = {}
+
+
 @torch.compiler.assume_constant_result  # a compiled step holds H as a constant, not rebuilt per call
-@functools.lru_cache(maxsize=8)
 def _hadamard(n: int, device: torch.device) -> torch.Tensor:
-    h = torch.ones(1, 1)
-    while h.shape[0] < n:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return (h / n ** 0.5).to(device)
+    key = (n, str(device))
+    if key not in _HADAMARD:
+        h = torch.ones(1, 1)
+        while h.shape[0] < n:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        _HADAMARD[key] = (h / n ** 0.5).to(device)
+    return _HADAMARD[key]
 
 
 def hadamard_rotate(x: torch.Tensor) -> torch.Tensor:
