@@ -311,7 +311,7 @@ def profile_rows(path: Path, length: int, threads: int, steps: int = 50) -> list
     for compile in (False, True):
         engine = Engine(model, EngineConfig(prefix_cache_bytes=0, eos_ids=frozenset(), compile=compile))
         engine.warm_up(batch_sizes=(1,))
-        engine.add(prompts(1, length)[0].tolist(), SamplingParams(temperature=0, max_tokens=steps + 20))
+        engine.add(prompts(1, length)[0].tolist(), SamplingParams(temperature=0, max_tokens=2 * steps + 20))
         for _ in range(10):
             engine.step()
         start = time.perf_counter()
