@@ -18,6 +18,7 @@ experts are custom ops inside the graphs (`dsv4.kernels.ops`).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -26,6 +27,7 @@ import torch.fx.experimental._config as fx_config
 
 from dsv4 import kernels
 from dsv4.cache import ModelCache, make_cache
+from dsv4.kernels.toolchain import cache_dir
 from dsv4.model.transformer import Transformer
 from dsv4.quant.experts import FusedExperts
 
@@ -55,8 +57,20 @@ def compile_count(backend: str = "inductor") -> int:
     return _COUNTS.get(backend, 0)
 
 
+def _persistent_cache() -> None:
+    """Keep inductor's compiled graphs next to the kernels' build cache (~/.cache/dsv4/inductor) unless the user
+    chose a place: its default, under /tmp, is wiped on reboot, and a cold compile costs minutes. (Importing
+    torch._dynamo already wrote the default into the environment, so "unset" means "equal to the default".)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir().parent / "inductor")
+
+
 def _compiled(backend: str) -> tuple:
     if backend not in _FUNCTIONS:
+        _persistent_cache()
         fx_config.use_duck_shape = False
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
