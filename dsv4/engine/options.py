@@ -96,7 +96,8 @@ def warm_up(engine: Engine, batch_sizes: tuple[int, ...] = (1,)) -> None:
     if engine.runner.compiled is not None:
         seconds = engine.warm_up(lambda message: print(f"[dsv4] {message}", file=sys.stderr, flush=True),
                                  batch_sizes)
-        print(f"[dsv4] decode step compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+        if engine.runner.compiled is not None:  # None: compiling failed, warned, decoding eagerly
+            print(f"[dsv4] decode step compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def request_error(command: str, error: Exception) -> int:
