@@ -7,22 +7,29 @@ OpenAI-facing normalisation (developer -> system, request tools, argument
 coercion, edge cases) is in `request.py`.
 """
 
+from collections.abc import Callable
+
 from dsv4.chat import tokens
 from dsv4.chat.dsml import render_tool_calls, render_tools, to_json
 from dsv4.chat.errors import ChatRequestError
 from dsv4.chat.prompt import Prompt
 
 _USER_ROLES = ("user", "developer")
+# (prompt text before an assistant turn, the turn) -> (text, ids) the model generated there, or None.
+Recall = Callable[[str, dict], "tuple[str, list[int]] | None"]
 _RESPONSE_FORMAT = "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
 
 
-def render_v4(messages: list[dict], *, thinking: bool, effort_prefix: str = "", drop_thinking: bool = True) -> Prompt:
+def render_v4(messages: list[dict], *, thinking: bool, effort_prefix: str = "", drop_thinking: bool = True,
+              recall: Recall | None = None) -> Prompt:
     """Render native V4 `messages` (string `content`, OpenAI-shaped `tool_calls`) after BOS.
 
     thinking: think mode (`<｜Assistant｜><think>`) vs chat mode (`</think>`).
     effort_prefix: text put right after BOS in think mode (see `effort.py`).
     drop_thinking: drop reasoning of turns before the last user message;
         forced off when any message carries `tools`.
+    recall: asked for each finished assistant turn; when it returns the tokens the model generated right after
+        this very prompt text for an equivalent message, they replace the turn's rendering (see `Prompt.generated`).
     """
     turns = _order_tool_results(_merge_tool_results(messages))
     keep_all = not drop_thinking or any(m.get("tools") for m in turns)
@@ -35,7 +42,13 @@ def render_v4(messages: list[dict], *, thinking: bool, effort_prefix: str = "", 
     last_user = _last_user_index(turns)
     for i in range(len(turns)):
         keep_reasoning = keep_all or i > last_user
-        prompt.extend(_render_turn(i, turns, thinking=thinking, keep_reasoning=keep_reasoning))
+        turn = turns[i]
+        spliced = (recall(prompt.text, turn) if recall is not None and turn.get("role") == "assistant"
+                   and not turn.get("wo_eos") else None)
+        if spliced is not None:
+            prompt.generated(*spliced)
+        else:
+            prompt.extend(_render_turn(i, turns, thinking=thinking, keep_reasoning=keep_reasoning))
         prompt.extend(_transition(i, turns, thinking=thinking, opens_thinking=keep_all or i >= last_user))
     return prompt
 

@@ -7,6 +7,10 @@ templates we write); inside *untrusted* text (anything taken from the request:
 message content, reasoning, tool arguments and schemas) they are encoded as
 ordinary BPE text, as the official DeepSeek API does (spec §1.3). With no such
 literal in untrusted text the ids equal a plain encode of the whole string.
+
+A segment may also carry fixed ids (`generated`): an earlier answer spliced in as the tokens the model produced,
+so the prompt's ids match what the model saw (and what the prefix cache holds) even where re-encoding its text
+would tokenise differently.
 """
 
 from dataclasses import dataclass, field
@@ -19,6 +23,7 @@ class Prompt:
     """Rendered prompt as `(text, trusted)` segments; `text` is their concatenation."""
 
     segments: list[tuple[str, bool]] = field(default_factory=list)
+    fixed: dict[int, list[int]] = field(default_factory=dict)  # segment index -> its ids, as generated
 
     def add(self, text: str, *, trusted: bool) -> None:
         if text:
@@ -32,8 +37,26 @@ class Prompt:
         """Append request-supplied text."""
         self.add(text, trusted=False)
 
+    def generated(self, text: str, ids: list[int]) -> None:
+        """Append model output given as its ids (`text` is their decoding)."""
+        self.fixed[len(self.segments)] = list(ids)
+        self.segments.append((text, False))
+
     def extend(self, other: "Prompt") -> None:
+        self.fixed.update({len(self.segments) + i: ids for i, ids in other.fixed.items()})
         self.segments.extend(other.segments)
+
+    def parts(self) -> list["Prompt | list[int]"]:
+        """The prompt cut at its fixed segments: sub-prompts to encode, and fixed id lists, in order."""
+        out: list[Prompt | list[int]] = []
+        for i, segment in enumerate(self.segments):
+            if i in self.fixed:
+                out.append(self.fixed[i])
+            elif out and isinstance(out[-1], Prompt):
+                out[-1].segments.append(segment)
+            else:
+                out.append(Prompt([segment]))
+        return out
 
     @property
     def text(self) -> str:

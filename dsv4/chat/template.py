@@ -1,7 +1,7 @@
 """The chat template: an OpenAI-style request -> the exact V4 prompt (string or ids)."""
 
 from dsv4.chat.effort import ladder_for
-from dsv4.chat.encoding import render_v4
+from dsv4.chat.encoding import Recall, render_v4
 from dsv4.chat.prompt import Prompt
 from dsv4.chat.request import to_native
 from dsv4.chat.tokenizer import Tokenizer, load_tokenizer
@@ -15,6 +15,7 @@ def render_messages(
     tools: list[dict] | None = None,
     response_format: dict | None = None,
     checkpoint: str = "preview",
+    recall: Recall | None = None,
 ) -> Prompt:
     """Render a request; the `Prompt` also knows which text came from the request.
 
@@ -23,11 +24,12 @@ def render_messages(
         validated always, used only in think mode.
     tools, response_format: request-level, attached to the leading system message.
     checkpoint: `preview` (April), `0731`, or an exact HF repository id.
+    recall: earlier answers as the model generated them (`render_v4`); the server passes its turn memory.
     """
     ladder = ladder_for(checkpoint)
     prefix = "" if reasoning_effort == "none" else ladder.prefix(reasoning_effort)
     native = to_native(messages, tools=tools, response_format=response_format)
-    return render_v4(native, thinking=thinking and reasoning_effort != "none", effort_prefix=prefix)
+    return render_v4(native, thinking=thinking and reasoning_effort != "none", effort_prefix=prefix, recall=recall)
 
 
 # Spelled out rather than `**options`: this is the stable public signature.

@@ -70,7 +70,9 @@ class Tokenizer:
         return self._plain.encode(text, add_special_tokens=False).ids if text else []
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Ids of a rendered prompt: control tokens only where the renderer put them."""
+        """Ids of a rendered prompt: control tokens only where the renderer put them; fixed segments as given."""
+        if prompt.fixed:
+            return [i for part in prompt.parts() for i in (part if isinstance(part, list) else self.encode_prompt(part))]
         text, ids, pos = prompt.text, [], 0
         for start, end in prompt.trusted_spans():
             for match in self._added_pattern.finditer(text, start, end):

@@ -9,6 +9,7 @@ class StopMatcher:
         self.stops = [s for s in stops if s]
         self._held = ""
         self.hit = False
+        self.matched: str | None = None  # the stop string that matched
 
     def push(self, text: str) -> tuple[str, bool]:
         if self.hit:
@@ -16,10 +17,11 @@ class StopMatcher:
         if not self.stops:
             return text, False
         buf = self._held + text
-        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        found = [(i, s) for i, s in ((buf.find(s), s) for s in self.stops) if i >= 0]
         if found:
+            at, self.matched = min(found, key=lambda f: f[0])
             self.hit, self._held = True, ""
-            return buf[:min(found)], True
+            return buf[:at], True
         keep = max((k for s in self.stops for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
         self._held = buf[len(buf) - keep:] if keep else ""
         return buf[:len(buf) - keep], False

@@ -1,7 +1,9 @@
 """The FastAPI app: routes translate HTTP to the library and back; the engine runs in its own thread.
 
-Routes: POST /v1/chat/completions, POST /v1/completions (also without /v1), GET /v1/models, GET /health,
-GET /metrics. With an API key, /v1 routes need `Authorization: Bearer KEY`.
+Routes (each also without /v1): POST /v1/chat/completions, POST /v1/completions, POST /v1/messages and
+/v1/messages/count_tokens (Anthropic), POST /v1/responses, GET/DELETE /v1/responses/{id} (OpenAI Responses),
+GET /v1/models; GET /health, GET /metrics. With an API key, the API routes need `Authorization: Bearer KEY` or
+`x-api-key: KEY` (what the Anthropic clients send); errors come in the shape of the API called.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from starlette.datastructures import Headers
 from dsv4.offload import offload_stats
 from dsv4.server.chat import chat_completions
 from dsv4.server.completions import completions
+from dsv4.server import messages_api, responses_api
 from dsv4.server.errors import APIError, install_handlers, invalid_body
 from dsv4.server.schemas import ChatRequest, CompletionRequest
 from dsv4.server.state import ServerState
@@ -33,6 +36,11 @@ def create_app(state: ServerState) -> FastAPI:
         app.post(f"{prefix}/chat/completions")(_chat)
         app.post(f"{prefix}/completions")(_completions)
         app.get(f"{prefix}/models")(_models)
+        app.post(f"{prefix}/messages")(_messages)
+        app.post(f"{prefix}/messages/count_tokens")(_count_tokens)
+        app.post(f"{prefix}/responses")(_responses)
+        app.get(f"{prefix}/responses/{{rid}}")(_stored_response)
+        app.delete(f"{prefix}/responses/{{rid}}")(_delete_response)
     app.get("/health")(_health)
     app.get("/metrics")(_metrics)
     return app
@@ -57,10 +65,12 @@ class AuthAndCount:
             await send(message)
 
         try:
-            if key and path not in _OPEN and Headers(scope=scope).get("authorization") != f"Bearer {key}":
-                denied = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+            headers = Headers(scope=scope)
+            if key and path not in _OPEN and key not in (headers.get("x-api-key"),
+                                                         headers.get("authorization", "").removeprefix("Bearer ")):
+                denied = APIError(401, "missing or wrong API key (send Authorization: Bearer KEY or x-api-key: KEY)",
                                   "authentication_error", code="invalid_api_key")
-                await denied.response()(scope, receive, send_counted)
+                await denied.response(path)(scope, receive, send_counted)
             else:
                 await self.app(scope, receive, send_counted)
         finally:
@@ -89,6 +99,29 @@ async def _chat(request: Request):
 
 async def _completions(request: Request):
     return await completions(_state(request), await parse_body(request, CompletionRequest), request)
+
+
+async def _messages(request: Request):
+    return await messages_api.messages(_state(request), await parse_body(request, messages_api.MessagesRequest),
+                                       request)
+
+
+async def _count_tokens(request: Request) -> dict:
+    return await messages_api.count_tokens(_state(request),
+                                           await parse_body(request, messages_api.CountTokensRequest))
+
+
+async def _responses(request: Request):
+    return await responses_api.responses(_state(request), await parse_body(request, responses_api.ResponsesRequest),
+                                         request)
+
+
+async def _stored_response(rid: str, request: Request) -> dict:
+    return responses_api.stored(_state(request), rid)
+
+
+async def _delete_response(rid: str, request: Request) -> dict:
+    return responses_api.delete(_state(request), rid)
 
 
 async def _models(request: Request) -> dict:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import Request
 
-from dsv4.chat import ChatDelta, Tokenizer, merge_deltas
+from dsv4.chat import ChatDelta, Prompt, Tokenizer, merge_deltas
 from dsv4.engine import compile_grammar
 from dsv4.engine.text import ChatDecoder
 from dsv4.server import responses as R
@@ -25,27 +25,37 @@ from dsv4.server.translate import (answer_grammar, chat_prompt, chat_tools, forc
 
 @dataclass
 class ChatChoice(Choice):
-    """A chat choice; its tool calls get ids unique across choices and requests (the parser numbers them)."""
+    """A chat choice; its tool calls get ids unique across choices and requests (the parser numbers them). Its
+    deltas are kept: a finished answer is recorded as generated (`turns.py`)."""
 
     call_ids: dict[int, str] = field(default_factory=dict)
+    deltas: list[ChatDelta] = field(default_factory=list)
 
     def named(self, delta: ChatDelta) -> ChatDelta:
-        calls = [{**c, "id": self.call_ids.setdefault(c["index"], R.new_call_id(c["index"]))}
+        """The delta with server-wide call ids on the pieces that start a call."""
+        calls = [{**c, "id": self.call_ids.setdefault(c["index"], R.new_call_id(c["index"]))} if "id" in c else c
                  for c in delta.tool_calls]
-        return ChatDelta(delta.reasoning_content, delta.content, calls)
+        named = replace(delta, tool_calls=calls)
+        self.deltas.append(named)
+        return named
 
 
 @dataclass
 class ChatRun:
-    """One request in flight: its choices and the reply's options."""
+    """One request in flight: its prompt, its choices and the reply's options. Every API (chat completions,
+    Messages, Responses) becomes a `ChatRequest` and reads the same delta stream from `pieces`."""
 
     body: ChatRequest
+    state: ServerState
+    prompt: Prompt
     choices: list[ChatChoice]
-    tokenizer: Tokenizer
     thinking: bool
     exclude: bool
     rid: str
-    keepalive_s: float
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.state.tokenizer
 
     async def pieces(self, choice: ChatChoice, request: Request, heartbeat_s: float | None = None
                      ) -> AsyncIterator[tuple[ChatDelta | None, dict | None]]:
@@ -53,6 +63,15 @@ class ChatRun:
         async for delta, event in choice.gen.decoded(choice.decoder, request, heartbeat_s):
             lp = R.chat_logprobs(self.tokenizer, event) if event is not None and self.body.logprobs else None
             yield (choice.named(delta) if delta is not None else None), lp
+        self._remember(choice)
+
+    def _remember(self, choice: ChatChoice) -> None:
+        """An answer that ended with EOS (not cut by a stop string or a limit) is recorded as generated."""
+        output = choice.gen.seq.output
+        eos = self.state.loop.engine.config.eos_ids
+        if choice.gen.finish_reason == "stop" and not choice.decoder.stopped and output and output[-1] in eos:
+            text = b"".join(self.tokenizer.token_bytes(t) for t in output).decode("utf-8", errors="replace")
+            self.state.turns.record(self.prompt.text, output, text, merge_deltas(choice.deltas))
 
     def chunk(self, choices: list[dict], **extra) -> dict:
         return R.envelope("chat.completion.chunk", self.rid, self.body.model, choices, **extra)
@@ -68,7 +87,7 @@ class ChatRun:
         return R.finish_reason(choice.gen.finish_reason, has_calls, choice.decoder.stopped)
 
 
-async def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
+async def start_chat(state: ServerState, body: ChatRequest, prompt_param: str = "messages") -> ChatRun:
     """Validate and submit every choice; raises API errors (400/404/413/429) before anything is streamed.
     A grammar compiles in a worker thread: the first one per process builds the vocabulary (seconds)."""
     state.check_model(body.model)
@@ -76,23 +95,25 @@ async def start_chat(state: ServerState, body: ChatRequest) -> ChatRun:
         raise APIError(400, f"top_logprobs: needs logprobs=true, found logprobs={body.logprobs} with top_logprobs="
                             f"{body.top_logprobs}", param="top_logprobs")
     mode, tools = thinking_mode(body), chat_tools(body)
-    prompt, ids = chat_prompt(body, state.tokenizer, mode, tools)
+    prompt, ids = chat_prompt(body, state.tokenizer, mode, tools, recall=state.turns.recall)
     budget = mode.budget if prompt.opens_reasoning else None
     spec = answer_grammar(body, tools)
     grammar = await asyncio.to_thread(compile_grammar, state.tokenizer, spec) if spec is not None else None
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs or 0, budget=budget,
                              end_think_id=state.tokenizer.end_think_id,
-                             answer_prefix=forced_call_opening(body, tools, state.tokenizer), grammar=grammar)
+                             answer_prefix=forced_call_opening(body, tools, state.tokenizer), grammar=grammar,
+                             cap=state.max_output_tokens)
     stops = stop_strings(body)
 
     def submit(index, choice_params) -> ChatChoice:
         decoder = ChatDecoder(state.tokenizer, opens_reasoning=prompt.opens_reasoning, tools=tools, stop=stops)
-        gen = Generation(state.loop, state.metrics, ids, choice_params, in_reasoning=prompt.opens_reasoning)
+        gen = Generation(state.loop, state.metrics, ids, choice_params, in_reasoning=prompt.opens_reasoning,
+                         prompt_param=prompt_param)
         return ChatChoice(index, gen, decoder)
 
-    return ChatRun(body, submit_choices(body.n, params, submit), state.tokenizer, mode.enabled, mode.exclude,
-                   R.new_id("chatcmpl"), state.keepalive_s)
+    return ChatRun(body, state, prompt, submit_choices(body.n, params, submit), mode.enabled, mode.exclude,
+                   R.new_id("chatcmpl"))
 
 
 async def whole_choice(run: ChatRun, choice: ChatChoice, request: Request) -> dict:
@@ -120,7 +141,7 @@ async def choice_frames(run: ChatRun, choice: ChatChoice, request: Request) -> A
 
     yield chunk({"role": "assistant", "content": ""})
     has_calls = False
-    async for delta, lp in run.pieces(choice, request, run.keepalive_s):
+    async for delta, lp in run.pieces(choice, request, run.state.keepalive_s):
         if delta is None:
             yield R.KEEP_ALIVE
             continue

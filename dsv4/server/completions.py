@@ -48,7 +48,8 @@ def start_completion(state: ServerState, body: CompletionRequest) -> CompletionR
             raise APIError(400, f"{field}: not supported by this server", param=field)
     ids = body.prompt if isinstance(body.prompt, list) else state.tokenizer.encode(body.prompt)
     params = sampling_params(body, prompt_tokens=len(ids), context=state.context,
-                             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0)
+                             logprobs=body.logprobs is not None, top_logprobs=body.logprobs or 0,
+                             cap=state.max_output_tokens)
     stops = stop_strings(body)
 
     def submit(index, choice_params) -> Choice:

@@ -1,4 +1,6 @@
-"""Errors in the OpenAI shape `{"error": {"message", "type", "param", "code"}}`, with the right HTTP status."""
+"""Errors with the right HTTP status, in the shape of the API that was called: OpenAI's
+`{"error": {"message", "type", "param", "code"}}` (chat, completions, Responses) or Anthropic's
+`{"type": "error", "error": {"type", "message"}}` (Messages, chosen by the request path)."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
@@ -17,9 +19,25 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
-    def response(self) -> JSONResponse:
+    def response(self, path: str = "") -> JSONResponse:
+        if is_anthropic(path):
+            return JSONResponse(self.anthropic_body(), status_code=self.status)
         body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return JSONResponse({"error": body}, status_code=self.status)
+
+    def anthropic_body(self) -> dict:
+        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    529: "overloaded_error"}
+
+
+def is_anthropic(path: str) -> bool:
+    """Routes of the Anthropic Messages API (with or without the /v1 prefix)."""
+    return path.removeprefix("/v1").startswith("/messages")
 
 
 def from_library(exc: Exception, prompt_param: str = "messages") -> APIError:
@@ -44,17 +62,22 @@ def invalid_body(errors: list[dict]) -> APIError:
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api(_: Request, exc: APIError):
-        return exc.response()
+    async def _api(request: Request, exc: APIError):
+        return exc.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        return invalid_body(list(exc.errors())).response()
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return invalid_body(list(exc.errors())).response(request.url.path)
 
     @app.exception_handler(EngineError)
-    async def _engine(_: Request, exc: EngineError):
-        return from_library(exc).response()
+    async def _engine(request: Request, exc: EngineError):
+        return from_library(exc).response(request.url.path)
 
     @app.exception_handler(ChatRequestError)
-    async def _chat(_: Request, exc: ChatRequestError):
-        return from_library(exc).response()
+    async def _chat(request: Request, exc: ChatRequestError):
+        return from_library(exc).response(request.url.path)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, exc: Exception):
+        return APIError(404, f"no route {request.method} {request.url.path}", code="not_found").response(
+            request.url.path)

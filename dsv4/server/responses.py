@@ -84,6 +84,9 @@ def delta_body(delta: ChatDelta, *, exclude: bool) -> dict:
 
 
 def _streamed_call(call: dict) -> dict:
+    """A call's first piece carries its id and name; later pieces only more of its arguments."""
+    if "id" not in call:
+        return {"index": call["index"], "function": {"arguments": call["function"]["arguments"]}}
     return {"index": call["index"], "id": call["id"], "type": "function",
             "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}
 

@@ -1,4 +1,5 @@
-"""What the routes share: the engine loop, tokenizer, served model name, metrics and the optional API key."""
+"""What the routes share: the engine loop, tokenizer, served model name, metrics, the optional API key, the output
+cap, the memory of answers as generated and the stored Responses-API answers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +8,8 @@ from dsv4.chat import Tokenizer
 from dsv4.engine import EngineLoop
 from dsv4.server.errors import APIError
 from dsv4.server.metrics import Metrics
+from dsv4.server.stored_responses import ResponseStore
+from dsv4.server.turns import TurnMemory
 
 
 @dataclass
@@ -17,6 +20,9 @@ class ServerState:
     api_key: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     keepalive_s: float = 15.0  # SSE comment after this long without a token (e.g. while queued)
+    max_output_tokens: int | None = None  # caps every request's output tokens (`--max-output-tokens`)
+    turns: TurnMemory = field(default_factory=TurnMemory)  # answers as generated (conversation reconstruction)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # stored Responses-API answers
 
     @property
     def context(self) -> int:

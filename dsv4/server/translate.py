@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dsv4.chat import Prompt, Tokenizer, dsml, render_messages
+from dsv4.chat.encoding import Recall
 from dsv4.engine import GrammarSpec, SamplingParams
 from dsv4.engine.grammar import Grammar
 from dsv4.server.errors import APIError
@@ -111,10 +112,11 @@ def _function_name(obj: object) -> str | None:
     return function.get("name") if isinstance(function, dict) else None
 
 
-def chat_prompt(req: ChatRequest, tokenizer: Tokenizer, mode: ThinkingMode,
-                tools: list[dict] | None) -> tuple[Prompt, list[int]]:
+def chat_prompt(req: ChatRequest, tokenizer: Tokenizer, mode: ThinkingMode, tools: list[dict] | None,
+                recall: Recall | None = None) -> tuple[Prompt, list[int]]:
+    """The rendered prompt and its ids; `recall` splices earlier answers in as generated (`turns.py`)."""
     prompt = render_messages(req.messages, thinking=mode.enabled, reasoning_effort=mode.effort if mode.enabled
-                             else None, tools=tools, response_format=req.response_format)
+                             else None, tools=tools, response_format=req.response_format, recall=recall)
     return prompt, tokenizer.encode_prompt(prompt)
 
 
@@ -127,10 +129,14 @@ def stop_strings(req: Sampling) -> list[str]:
 
 def sampling_params(req: Sampling, *, prompt_tokens: int, context: int, logprobs: bool = False,
                     top_logprobs: int = 0, budget: int | None = None, end_think_id: int | None = None,
-                    answer_prefix: tuple[int, ...] = (), grammar: Grammar | None = None) -> SamplingParams:
-    """Engine parameters; max_tokens defaults to the room left in the context (temperature, top_p: 1.0)."""
+                    answer_prefix: tuple[int, ...] = (), grammar: Grammar | None = None,
+                    cap: int | None = None) -> SamplingParams:
+    """Engine parameters; max_tokens defaults to the room left in the context, and never exceeds `cap` (the
+    server's `--max-output-tokens`); temperature, top_p: 1.0."""
     given_max = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = given_max if given_max is not None else max(1, context - prompt_tokens)
+    if cap is not None and max_tokens > cap:
+        max_tokens = cap
     given = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
                                           "frequency_penalty", "repetition_penalty") if getattr(req, k) is not None}
     return SamplingParams(max_tokens=max_tokens, seed=req.seed, stop_token_ids=tuple(req.stop_token_ids or ()),

@@ -1,0 +1,95 @@
+"""An answer as a sequence of blocks (reasoning, text, tool calls), opened, grown and closed as deltas arrive.
+
+The Messages and Responses APIs both describe an answer this way (content blocks / output items); this turns the
+chat layer's `ChatDelta` stream into block events that each API only has to name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv4.chat import ChatDelta
+
+REASONING, TEXT, CALL = "reasoning", "text", "call"
+
+
+@dataclass
+class Block:
+    """One block: its position in the answer, its kind, its text so far (a call's arguments JSON for calls)."""
+
+    index: int
+    kind: str
+    text: str = ""
+    call_id: str = ""
+    name: str = ""
+    closed: bool = False
+
+
+# ("start", block, ""), ("delta", block, piece), ("stop", block, "")
+Event = tuple[str, Block, str]
+
+
+class Blocks:
+    """push(delta) / finish() -> events; `blocks` holds every block so far, in order."""
+
+    def __init__(self):
+        self.blocks: list[Block] = []
+        self._open: Block | None = None        # the reasoning or text block being written
+        self._calls: dict[int, Block] = {}     # tool-call index -> its block
+
+    def push(self, delta: ChatDelta) -> list[Event]:
+        events: list[Event] = []
+        for kind, piece in ((REASONING, delta.reasoning_content), (TEXT, delta.content)):
+            if piece:
+                block = self._writing(kind, events)
+                block.text += piece
+                events.append(("delta", block, piece))
+        for call in delta.tool_calls:
+            piece = call["function"].get("arguments", "")
+            if "name" in call["function"]:
+                self._close_open(events)
+                block = self._start(CALL, events, call_id=call.get("id", ""), name=call["function"]["name"])
+                self._calls[call["index"]] = block
+            else:
+                block = self._calls[call["index"]]
+            if piece:
+                block.text += piece
+                events.append(("delta", block, piece))
+        for index in getattr(delta, "calls_done", ()):
+            self._stop(self._calls[index], events)
+        return events
+
+    def finish(self) -> list[Event]:
+        events: list[Event] = []
+        for block in self.blocks:
+            self._stop(block, events)
+        return events
+
+    @property
+    def has_calls(self) -> bool:
+        return bool(self._calls)
+
+    def _writing(self, kind: str, events: list[Event]) -> Block:
+        if self._open is not None and self._open.kind == kind:
+            return self._open
+        self._close_open(events)
+        self._open = self._start(kind, events)
+        return self._open
+
+    def _start(self, kind: str, events: list[Event], **fields) -> Block:
+        for block in self._calls.values():  # a call ends when anything after it starts
+            self._stop(block, events)
+        block = Block(len(self.blocks), kind, **fields)
+        self.blocks.append(block)
+        events.append(("start", block, ""))
+        return block
+
+    def _close_open(self, events: list[Event]) -> None:
+        if self._open is not None:
+            self._stop(self._open, events)
+            self._open = None
+
+    @staticmethod
+    def _stop(block: Block, events: list[Event]) -> None:
+        if not block.closed:
+            block.closed = True
+            events.append(("stop", block, ""))
