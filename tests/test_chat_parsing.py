@@ -70,11 +70,14 @@ PARSE_CASES = [
     ("invoke_without_wrapper", "ok\n" + inv("f", par("q", "x")) + E, False, msg(content="ok", calls=[tc(0, "f", '{"q": "x"}')])),
     ("text_after_block_appended_to_content", "c" + blk(inv("f", "")) + "\n more" + E, False, msg(content="cmore", calls=[tc(0, "f", "{}")])),
     ("malformed_invoke_falls_back_to_content", "c" + BAD_BLOCK + E, False, msg(content="c" + BAD_BLOCK)),
-    ("duplicate_parameter_is_malformed", blk(inv("f", par("q", "1") + "\n" + par("q", "2"))) + E, False, msg(content=blk(inv("f", par("q", "1") + "\n" + par("q", "2"))))),
+    ("duplicate_parameter_ends_the_started_call", blk(inv("f", par("q", "1") + "\n" + par("q", "2"))) + E, False,
+     msg(content=par("q", "2") + f"\n</｜DSML｜invoke>\n{CLOSE}", calls=[tc(0, "f", '{"q": "1"}')])),
     ("garbage_inside_block_is_malformed", f"\n\n{OPEN}\nhello\n{CLOSE}" + E, False, msg(content=f"\n\n{OPEN}\nhello\n{CLOSE}")),
     ("malformed_after_good_call_keeps_the_call", f"\n\n{OPEN}\n" + inv("f", "") + '\n<｜DSML｜invoke name="g">\nbroken\n</｜DSML｜invoke>' + E, False,
-     msg(content='\n<｜DSML｜invoke name="g">\nbroken\n</｜DSML｜invoke>', calls=[tc(0, "f", "{}")])),
-    ("truncated_call_discarded", "c" + f"\n\n{OPEN}\n" + '<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="q" string="true">par', False, msg(content="c")),
+     msg(content="broken\n</｜DSML｜invoke>", calls=[tc(0, "f", "{}"), tc(1, "g", "{}")])),
+    ("truncated_call_closed_where_it_stands", "c" + f"\n\n{OPEN}\n" + '<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="q" string="true">par', False,
+     msg(content="c", calls=[tc(0, "f", '{"q": "par"}')])),
+    ("truncated_invoke_head_discarded", "c" + f"\n\n{OPEN}\n" + '<｜DSML｜invoke name="f', False, msg(content="c")),
     ("unterminated_block_keeps_complete_calls", "c" + f"\n\n{OPEN}\n" + inv("f", ""), False, msg(content="c", calls=[tc(0, "f", "{}")])),
     ("truncated_opener_flushed_as_content", "c\n\n<｜DSML｜tool_ca", False, msg(content="c\n\n<｜DSML｜tool_ca")),
 ]
@@ -118,13 +121,14 @@ def test_reasoning_streams_before_the_end_is_known():
     assert parser.feed("nk>Yes").content == "Yes"
 
 
-def test_tool_call_is_emitted_when_its_invoke_closes():
+def test_a_call_fed_whole_comes_as_one_piece_marked_done():
     parser = StreamingParser(thinking=False)
     text = "ok" + blk(inv("f", par("q", "x")), inv("g", ""))
     cut = text.index("</｜DSML｜invoke>") + len("</｜DSML｜invoke>")
     first = parser.feed(text[:cut])
-    assert first.content == "ok" and first.tool_calls == [{"index": 0, **tc(0, "f", '{"q": "x"}')}]
-    assert parser.feed(text[cut:]).tool_calls == [{"index": 1, **tc(1, "g", "{}")}]
+    assert first.content == "ok" and first.tool_calls == [{"index": 0, **tc(0, "f", '{"q": "x"}')}] and first.calls_done == [0]
+    second = parser.feed(text[cut:])
+    assert second.tool_calls == [{"index": 1, **tc(1, "g", "{}")}] and second.calls_done == [1]
 
 
 def golden_turns(n: int) -> list[str]:

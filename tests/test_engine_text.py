@@ -40,3 +40,15 @@ def test_chat_decoder_equals_parsing_the_whole_text_and_counts_reasoning_tokens(
     assert "".join(d.reasoning_content for d in deltas) == whole["reasoning_content"] == "let me think"
     assert "".join(d.content for d in deltas) == whole["content"]
     assert dec.reasoning_tokens == len(tok.encode("let me think"))
+
+
+def test_chat_decoder_streams_tool_arguments_and_closes_a_cut_call_at_finish():
+    tok = load_tokenizer()
+    head = '\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="f">\n<｜DSML｜parameter name="q" string="true">'
+    dec = ChatDecoder(tok, opens_reasoning=False)
+    deltas = [dec.push(t) for t in tok.encode(head + "hello world, a long value")]
+    assert "".join(c["function"]["arguments"] for d in deltas for c in d.tool_calls).startswith('{"q": "hello')
+    assert not any(d.calls_done for d in deltas)
+    end = dec.finish()
+    assert end.calls_done == [0]
+    assert "".join(c["function"]["arguments"] for d in [*deltas, end] for c in d.tool_calls) == '{"q": "hello world, a long value"}'

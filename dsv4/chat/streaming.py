@@ -3,8 +3,14 @@
 Feed decoded text deltas; get back what is certain. Any text that could still
 be the start of a marker (`</thi`, `<｜DSML`, newlines before a tool block) is
 held back until the next delta decides it, so output never depends on how the
-text was chunked. A tool call is emitted whole when its `invoke` closes: only
-then are its typing, wrapper removal and well-formedness known.
+text was chunked. A tool call starts as soon as its `invoke` head is read;
+its arguments then stream as pieces of one JSON string (`parsing.InvokeStream`)
+and `calls_done` says when it closed. A call that started is never retracted:
+cut by `finish` or broken markup, it is closed where it stands (an open string
+value gets `"`, an open non-string value `null`, the object `}`) and the broken
+rest becomes plain content. Before its head is complete an invoke is all or
+nothing: malformed, the block is content; cut by `finish`, it is discarded.
+An EOS inside an invoke ends the generation there.
 
 Tolerated model behaviour: DSML before `</think>` (ends reasoning), a missing
 `</think>` (everything stays reasoning; `in_reasoning` tells the caller),
@@ -19,7 +25,7 @@ assistant turns the encoder renders parse back exactly.
 from dataclasses import dataclass, field
 
 from dsv4.chat import dsml, tokens
-from dsv4.chat.parsing import INCOMPLETE, MALFORMED, parse_invoke, tool_call
+from dsv4.chat.parsing import INCOMPLETE, MALFORMED, InvokeStream, call_start, held_length, invoke_head
 from dsv4.chat.request import validate_tools
 
 REASONING, CONTENT, TOOLS, PLAIN, DONE = "reasoning", "content", "tools", "plain", "done"
@@ -38,11 +44,35 @@ for _state in (REASONING, CONTENT):
 
 @dataclass
 class ChatDelta:
-    """What one `feed`/`finish` produced; tool calls carry their `index`."""
+    """What one `feed`/`finish` produced.
+
+    tool_calls: pieces of calls, at most one per call. A call's first piece is
+    `{"index", "id", "type": "function", "function": {"name", "arguments"}}`, later
+    ones `{"index", "function": {"arguments"}}`; a call's arguments are the
+    concatenation of its pieces' `arguments`. calls_done: indices of the calls
+    whose invoke closed in this delta.
+    """
 
     reasoning_content: str = ""
     content: str = ""
     tool_calls: list[dict] = field(default_factory=list)
+    calls_done: list[int] = field(default_factory=list)
+
+    def add_call(self, piece: dict) -> None:
+        """Append a call piece, joining it to this delta's piece of the same call."""
+        last = self.tool_calls[-1] if self.tool_calls else None
+        if last is not None and last["index"] == piece["index"]:
+            last["function"]["arguments"] += piece["function"]["arguments"]
+        elif "id" in piece or piece["function"]["arguments"]:
+            self.tool_calls.append({**piece, "function": dict(piece["function"])})
+
+    def extend(self, later: "ChatDelta") -> None:
+        """Append what a later delta produced."""
+        self.reasoning_content += later.reasoning_content
+        self.content += later.content
+        for piece in later.tool_calls:
+            self.add_call(piece)
+        self.calls_done += later.calls_done
 
 
 class StreamingParser:
@@ -56,6 +86,7 @@ class StreamingParser:
         self._buffer = ""
         self._schemas = {t["function"]["name"]: t["function"].get("parameters") for t in validate_tools(tools or [])}
         self._calls = 0
+        self._invoke: InvokeStream | None = None  # the call whose arguments are streaming
         # Separator and opener of the current tool block until its first call commits
         # (None after): restored as content if the block turns out malformed.
         self._block_raw: str | None = None
@@ -71,13 +102,18 @@ class StreamingParser:
         return self._drain(final=False)
 
     def finish(self) -> ChatDelta:
-        """End of generation: flush held text; a partial tool call is discarded."""
-        return self._drain(final=True)
+        """End of generation: flush held text; a started call is closed, a partial invoke head discarded."""
+        delta = self._drain(final=True)
+        if self._invoke is not None:
+            self._end_call(delta, self._invoke.close())
+        return delta
 
     def _drain(self, *, final: bool) -> ChatDelta:
         delta = ChatDelta()
         while self._buffer and self._state != DONE:
-            step = self._step_tools if self._state == TOOLS else self._step_text
+            step = self._step_text
+            if self._state == TOOLS:
+                step = self._step_call if self._invoke is not None else self._step_tools
             if not step(delta, final):
                 break
         if self._state == DONE or (final and self._state == TOOLS):
@@ -117,7 +153,7 @@ class StreamingParser:
         return True
 
     def _step_tools(self, delta: ChatDelta, final: bool) -> bool:
-        """Inside a tool block: commit a complete invoke, close the block, or fall back."""
+        """Inside a tool block: start an invoke's call, close the block, or fall back."""
         start = len(self._buffer) - len(self._buffer.lstrip())
         rest = self._buffer[start:]
         closer = next((c for c in _BLOCK_CLOSERS if rest.startswith(c)), None)
@@ -134,15 +170,36 @@ class StreamingParser:
         return self._fall_back()
 
     def _step_invoke(self, delta: ChatDelta, start: int) -> bool:
-        invoke = parse_invoke(self._buffer, start)
-        if invoke == INCOMPLETE:
+        """An invoke head: start its call (committing the block) once the head is complete."""
+        head = invoke_head(self._buffer, start)
+        if head == INCOMPLETE:
             return False
-        if invoke == MALFORMED:
+        if head == MALFORMED:
             return self._fall_back()
-        delta.tool_calls.append(tool_call(self._calls, invoke, self._schemas.get(invoke.name)))
-        self._calls += 1
-        self._buffer, self._block_raw = self._buffer[invoke.end :], None
+        delta.add_call(call_start(self._calls, head.group(1)))
+        self._invoke = InvokeStream(self._schemas.get(head.group(1)))
+        self._buffer, self._block_raw = self._buffer[head.end() :], None
         return True
+
+    def _step_call(self, delta: ChatDelta, final: bool) -> bool:
+        """Stream the open call's arguments; end it at its close, at EOS, or where its markup breaks."""
+        eos = self._buffer.find(tokens.EOS)
+        piece, used, outcome = self._invoke.advance(self._buffer if eos < 0 else self._buffer[:eos])
+        self._buffer = self._buffer[used:]
+        if outcome == INCOMPLETE and eos < 0:
+            delta.add_call({"index": self._calls, "function": {"arguments": piece}})
+            return False
+        if outcome == INCOMPLETE:  # EOS mid-invoke: the generation ended
+            piece, self._state = piece + self._invoke.close(), DONE
+        elif outcome == MALFORMED:
+            self._state = PLAIN
+        self._end_call(delta, piece)
+        return True
+
+    def _end_call(self, delta: ChatDelta, piece: str) -> None:
+        delta.add_call({"index": self._calls, "function": {"arguments": piece}})
+        delta.calls_done.append(self._calls)
+        self._calls, self._invoke = self._calls + 1, None
 
     def _fall_back(self) -> bool:
         """Malformed markup: the rest of the block (with its opener if nothing was committed) is content."""
@@ -153,11 +210,7 @@ class StreamingParser:
 
 def _held_length(text: str, markers: dict) -> int:
     """How much of `text`'s end could still begin a marker (plus newlines before a tool block)."""
-    held = 0
-    for i in range(max(0, len(text) - max(map(len, markers)) + 1), len(text)):
-        if any(m.startswith(text[i:]) for m in markers):
-            held = len(text) - i
-            break
+    held = held_length(text, markers)
     if dsml.OPEN_INVOKE in markers:
         body = text[: len(text) - held]
         held += len(body) - len(body.rstrip("\n"))
@@ -165,8 +218,15 @@ def _held_length(text: str, markers: dict) -> int:
 
 
 def merge_deltas(deltas: list[ChatDelta]) -> dict:
-    """Concatenate deltas into a message: `reasoning_content`, `content`, `tool_calls` (OpenAI shape)."""
-    calls = [{k: v for k, v in call.items() if k != "index"} for d in deltas for call in d.tool_calls]
+    """Concatenate deltas into a message: `reasoning_content`, `content`, `tool_calls` (OpenAI shape, by index)."""
+    starts, arguments = {}, {}
+    for piece in (p for d in deltas for p in d.tool_calls):
+        if "id" in piece:
+            starts[piece["index"]] = piece
+        arguments.setdefault(piece["index"], []).append(piece["function"]["arguments"])
+    calls = [{"id": starts[i]["id"], "type": starts[i]["type"],
+              "function": {"name": starts[i]["function"]["name"], "arguments": "".join(arguments[i])}}
+             for i in sorted(starts)]
     return {
         "reasoning_content": "".join(d.reasoning_content for d in deltas),
         "content": "".join(d.content for d in deltas),

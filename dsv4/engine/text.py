@@ -4,6 +4,8 @@ Both are pure objects fed one token at a time, shared by the CLI (synchronous) a
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dsv4.chat import ChatDelta, StreamingDetokenizer, StreamingParser, Tokenizer
 from dsv4.engine.stops import StopMatcher
 
@@ -57,13 +59,11 @@ class ChatDecoder:
 
     def finish(self) -> ChatDelta:
         delta = self._parser.feed(self._detok.flush())
-        end = self._parser.finish()
-        merged = ChatDelta(delta.reasoning_content + end.reasoning_content, delta.content + end.content,
-                           delta.tool_calls + end.tool_calls)
-        return self._cut(merged, final=True)
+        delta.extend(self._parser.finish())
+        return self._cut(delta, final=True)
 
     def _cut(self, delta: ChatDelta, final: bool) -> ChatDelta:
         content, _ = self._stop.push(delta.content)
         if final:
             content += self._stop.flush()
-        return ChatDelta(delta.reasoning_content, content, delta.tool_calls)
+        return replace(delta, content=content)
