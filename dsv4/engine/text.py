@@ -52,6 +52,11 @@ class ChatDecoder:
     def stopped(self) -> bool:
         return self._stop.hit
 
+    @property
+    def stop_string(self) -> str | None:
+        """The stop string that matched (Anthropic reports it as `stop_sequence`)."""
+        return self._stop.matched
+
     def push(self, token: int) -> ChatDelta:
         if self._parser.in_reasoning and token != self._end_think:
             self.reasoning_tokens += 1

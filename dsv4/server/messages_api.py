@@ -145,9 +145,8 @@ def _tools(tools: list[dict] | None) -> list[dict] | None:
             raise APIError(400, f"tools[{j}]: expected an object with a name", param=f"tools[{j}]")
         if tool.get("type") not in (None, "custom"):
             continue  # a server tool (web search...): run by Anthropic's servers, not by this model
-        function = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
-        if tool.get("description"):
-            function["description"] = tool["description"]
+        function = {"name": tool["name"], **({"description": tool["description"]} if tool.get("description") else {}),
+                    "parameters": tool.get("input_schema") or {"type": "object"}}
         out.append({"type": "function", "function": function})
     return out or None
 

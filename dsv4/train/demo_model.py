@@ -16,7 +16,7 @@ DEMO = dict(
     qk_rope_head_dim=16, q_lora_rank=64, o_groups=2, o_lora_rank=64, sliding_window=128,
     compress_ratios=[0, 4, 16, 4, 16, 0, 0], hca_ratio=16, index_n_heads=2, index_head_dim=32, index_topk=32,
     n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128, num_hash_layers=1, hc_mult=4,
-    original_max_position_embeddings=1024, max_position_embeddings=4096,
+    original_max_position_embeddings=1024, max_position_embeddings=65536,
 )
 MODELS = {"demo": DEMO, **PRESETS}
 
