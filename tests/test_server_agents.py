@@ -248,3 +248,33 @@ def test_queue_full_is_429_and_an_engine_failure_500_in_each_shape(model, monkey
                 model=MODEL, input=ASK)
         monkeypatch.undo()
     assert a.value.body["type"] == "error" and a.value.body["error"]["type"] == "api_error"
+
+
+# --- streamed tool-call arguments ----------------------------------------------------------------------------------
+
+def test_tool_arguments_stream_in_pieces_on_every_api(claude, oai):
+    """The same call whole and streamed through chat completions, Messages and Responses: several pieces,
+    concatenating to exactly the whole answer's arguments (a 2,000-character argument, in tests/
+    test_chat_tool_streaming.py, streams the same way)."""
+    ask = [{"role": "user", "content": ASK}]
+    chat = dict(model=MODEL, messages=ask, tools=[CALCULATOR_TOOL], max_tokens=120, temperature=0,
+                extra_body={"thinking": {"type": "disabled"}})
+    whole = oai.chat.completions.create(**chat).choices[0].message.tool_calls[0].function.arguments
+    pieces = [c.choices[0].delta.tool_calls[0].function.arguments
+              for c in oai.chat.completions.create(**chat, stream=True) if c.choices and c.choices[0].delta.tool_calls]
+    assert len(pieces) > 3 and "".join(pieces) == whole
+
+    kw = dict(model=MODEL, max_tokens=120, messages=ask, tools=[ANTHROPIC_TOOL], extra_body={"temperature": 0})
+    use = next(b for b in claude.messages.create(**kw).content if b.type == "tool_use")
+    with claude.messages.stream(**kw) as s:
+        partial = [e.delta.partial_json for e in s if e.type == "content_block_delta"
+                   and e.delta.type == "input_json_delta"]
+    assert len(partial) > 3 and json.loads("".join(partial)) == use.input and "".join(partial) == whole
+
+    kw = dict(model=MODEL, input=ASK, tools=[RESPONSES_TOOL], reasoning={"effort": "none"}, temperature=0,
+              max_output_tokens=120)
+    call = next(i for i in oai.responses.create(**kw).output if i.type == "function_call")
+    events = list(oai.responses.create(**kw, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert len(deltas) > 3 and "".join(deltas) == done.arguments == call.arguments == whole
