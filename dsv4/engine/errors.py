@@ -25,8 +25,9 @@ class ContextLengthError(EngineError):
     """The prompt does not fit the model's context window."""
 
     def __init__(self, prompt_tokens: int, context: int):
-        super().__init__(f"prompt has {prompt_tokens} tokens; the model's context holds {context} "
-                         f"(and at least one token must be generated)")
+        # Anthropic's wording, which agent clients recognise and show as such
+        super().__init__(f"prompt is too long: {prompt_tokens} tokens > {context - 1} maximum (the model's context "
+                         f"holds {context} tokens and at least one must be generated)")
 
 
 class QueueFullError(EngineError):

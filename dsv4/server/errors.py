@@ -21,12 +21,18 @@ class APIError(Exception):
 
     def response(self, path: str = "") -> JSONResponse:
         if is_anthropic(path):
-            return JSONResponse(self.anthropic_body(), status_code=self.status)
+            return JSONResponse(self.anthropic_body(), status_code=self.anthropic_status)
         body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return JSONResponse({"error": body}, status_code=self.status)
 
+    @property
+    def anthropic_status(self) -> int:
+        """Anthropic answers a too-long prompt with 400 (its 413 is for oversized HTTP bodies)."""
+        return 400 if self.code == "context_length_exceeded" else self.status
+
     def anthropic_body(self) -> dict:
-        kind = _ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        status = self.anthropic_status
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": self.message}}
 
 
