@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsv4.engine import EngineConfig
-from dsv4.engine.options import add_model_args, load_model_or_explain, request_error, warm_up
+from dsv4.engine.options import add_model_args, load_model_or_explain, prefix_cache_config, request_error, warm_up
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,8 @@ def run(args) -> int:
         return 2
     name = args.model_name or (Path(args.model).resolve().name if args.model else "dsv4-demo")
     config = EngineConfig(max_running=args.max_running, max_waiting=args.max_waiting, speculative=args.speculative,
-                          compile=args.compile is not False)  # on unless --no-compile: a server runs long
+                          compile=args.compile is not False,  # on unless --no-compile: a server runs long
+                          **prefix_cache_config(args))
     try:
         state = make_state(model, model_name=name, api_key=args.api_key, config=config,
                            warm_up=lambda engine: warm_up(engine, batch_sizes=(1, 2)))

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from dsv4.engine.batch_cache import BatchCache
 from dsv4.engine.errors import ContextLengthError, EngineError
 from dsv4.engine.params import SamplingParams
-from dsv4.engine.prefix_cache import PrefixCache
+from dsv4.engine.prefix_cache import PrefixCache, PrefixStats
+from dsv4.engine.prefix_store import PrefixStore, model_identity
 from dsv4.engine.runner import Runner
 from dsv4.engine.sampler import sample
 from dsv4.engine.scheduler import Scheduler
@@ -23,8 +24,10 @@ from dsv4.model.transformer import Transformer
 
 @dataclass
 class EngineConfig:
-    """Limits and switches. prefix_cache_bytes 0 turns prefix reuse off; speculative needs MTP weights; compile
-    runs decode steps through torch.compile (`compiled.py`; call `warm_up` to compile before the first request)."""
+    """Limits and switches. prefix_cache_bytes: the prefix cache's memory tier; prefix_cache_dir: also keep prefix
+    caches on disk there, across restarts, under prefix_cache_disk_bytes (prefix reuse is off with neither);
+    speculative needs MTP weights; compile runs decode steps through torch.compile (`compiled.py`; call `warm_up`
+    to compile before the first request)."""
 
     max_running: int = 16
     max_waiting: int = 64
@@ -32,6 +35,8 @@ class EngineConfig:
     speculative: bool = False
     compile: bool = False
     prefix_cache_bytes: int = 256 << 20
+    prefix_cache_dir: str | None = None
+    prefix_cache_disk_bytes: int = 16 << 30
     eos_ids: frozenset[int] = field(default_factory=lambda: frozenset({1}))
 
 
@@ -44,10 +49,25 @@ class Engine:
         self.context = model.cfg.max_position_embeddings
         self.scheduler = Scheduler(self.config.max_running, self.config.max_waiting, self.config.prefill_chunk)
         self.spec = SpeculativeDecoder(self.runner, self._choose) if self.config.speculative else None
-        lookahead = 1 if self.spec else 0
-        self.prefix = PrefixCache(self.config.prefix_cache_bytes, lookahead) if self.config.prefix_cache_bytes else None
+        on = self.config.prefix_cache_bytes or self.config.prefix_cache_dir is not None
+        self.prefix = self._prefix_cache(model) if on else None
+        self.prefilled_tokens = self.cached_tokens = 0  # prompt tokens fed through the model / taken from the cache
         self.batch = BatchCache()
         self.sequences: dict[int, Sequence] = {}
+
+    def _prefix_cache(self, model: Transformer) -> PrefixCache:
+        lookahead = 1 if self.spec else 0  # MTP rows at position p depend on token p + 1
+        disk = None
+        if self.config.prefix_cache_dir is not None:
+            disk = PrefixStore(self.config.prefix_cache_dir, self.config.prefix_cache_disk_bytes,
+                               model_identity(model), lookahead, self.runner.new_cache)
+        return PrefixCache(self.config.prefix_cache_bytes, lookahead, disk)
+
+    def prefix_stats(self) -> PrefixStats:
+        """Prefix reuse over the engine's lifetime: tokens prefilled and cached, lookups, the tiers' sizes."""
+        stats = self.prefix.stats() if self.prefix is not None else PrefixStats()
+        stats.prefilled_tokens, stats.cached_tokens = self.prefilled_tokens, self.cached_tokens
+        return stats
 
     def warm_up(self, progress=None, batch_sizes: tuple[int, ...] = (1, 2)) -> float:
         """Compile the decode step's graphs now for these batch sizes (1, and 2 for every larger one); no-op
@@ -109,8 +129,10 @@ class Engine:
     def _prefill(self, seq: Sequence, n: int) -> list[TokenEvent]:
         """Feed the next n prompt tokens; after the last one, sample the first output token."""
         if seq.cache is None:
-            seq.cache = (self.prefix.lookup(seq.prompt) if self.prefix else None) or self.runner.new_cache()
+            found = self.prefix.lookup(seq.prompt) if self.prefix is not None else None
+            seq.cache = found or self.runner.new_cache()
             seq.num_cached = seq.cached_prompt = int(seq.cache.pos[0])
+            self.cached_tokens += seq.cached_prompt
             n = min(n, seq.prefill_remaining)
         lo, hi, last = seq.num_cached, seq.num_cached + n, len(seq.prompt) - 1
         if self.prefix is not None and lo < last < hi:
@@ -129,6 +151,7 @@ class Engine:
         """Prompt positions lo..hi-1 into the sequence's cache; with MTP, its rows too where the next id is known."""
         X, logits = self.runner.forward([seq.prompt[lo:hi]], seq.cache)
         seq.num_cached = hi
+        self.prefilled_tokens += hi - lo
         if self.spec and hi < len(seq.prompt):
             self.runner.draft(X, [seq.prompt[lo + 1:hi + 1]], seq.cache)
         if self.prefix is not None and hi == len(seq.prompt) - 1:

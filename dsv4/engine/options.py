@@ -11,6 +11,7 @@ from dsv4.engine.engine import Engine, EngineConfig
 from dsv4.engine.errors import ModelNotFoundError
 from dsv4.engine.model_path import SMALL_HIDDEN, load_for_inference
 from dsv4.engine.params import SamplingParams
+from dsv4.offload import parse_size
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +29,32 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "minutes the first time, which a long-running server earns back and one answer does not)")
     parser.add_argument("--expert-budget", metavar="SIZE", help="keep routed experts on disk with a hot-expert cache "
                         "of SIZE in memory (e.g. 4GB, 512MiB; default: all experts in memory)")
+    parser.add_argument("--prefix-cache-bytes", type=_size, metavar="SIZE", help="memory for cached prompt prefixes, "
+                        "reused by later requests that start with them (e.g. 512MiB; 0: none, so no reuse without a directory; "
+                        f"default {EngineConfig.prefix_cache_bytes >> 20} MiB)")
+    parser.add_argument("--prefix-cache-dir", metavar="DIR", help="also keep cached prefixes as files in DIR, reused "
+                        "after a restart (default: memory only)")
+    parser.add_argument("--prefix-cache-disk-bytes", type=_size, metavar="SIZE", help="byte budget of "
+                        f"--prefix-cache-dir (default {EngineConfig.prefix_cache_disk_bytes >> 30} GiB)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch and the native kernels' pool "
                         f"(default: 1 for models with hidden size below {SMALL_HIDDEN}; otherwise torch's default, and "
                         "every physical core for the bandwidth-bound kernels)")
 
 
+def _size(text: str) -> int:
+    """A size such as 4GB, 512MiB or a byte count; 0 allowed."""
+    try:
+        return 0 if text.strip() == "0" else parse_size(text)
+    except ValueError:
+        message = f"expected a size such as 4GB, 512MiB or a byte count, found {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def prefix_cache_config(args: argparse.Namespace) -> dict:
+    """EngineConfig fields from the prefix-cache flags that were given."""
+    given = {"prefix_cache_bytes": args.prefix_cache_bytes, "prefix_cache_dir": args.prefix_cache_dir,
+             "prefix_cache_disk_bytes": args.prefix_cache_disk_bytes}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def default_threads(hidden_size: int) -> tuple[int, int]:
@@ -82,7 +104,8 @@ def engine_from_args(args: argparse.Namespace) -> Engine | None:
     if model is None:
         return None
     try:
-        engine = Engine(model, EngineConfig(speculative=args.speculative, compile=bool(args.compile)))
+        engine = Engine(model, EngineConfig(speculative=args.speculative, compile=bool(args.compile),
+                                            **prefix_cache_config(args)))
     except ValueError as e:
         request_error(args.command, e)
         return None

@@ -138,4 +138,5 @@ async def _health() -> dict:
 async def _metrics(request: Request) -> PlainTextResponse:
     state = _state(request)
     experts = offload_stats(state.loop.engine.runner.model)
-    return PlainTextResponse(state.metrics.render(state.gauges(), experts), media_type="text/plain; version=0.0.4")
+    text = state.metrics.render(state.gauges(), experts, state.loop.engine.prefix_stats())
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -1,11 +1,13 @@
 """Prometheus metrics in the text exposition format, without a client library: counters, gauges, histograms;
-plus the expert cache's counters when the model offloads experts (bytes per token: rate of
+plus the engine's prefix-cache counters (hits, misses, tokens prefilled vs taken from the cache, bytes and entries
+per tier), and the expert cache's counters when the model offloads experts (bytes per token: rate of
 dsv4_expert_bytes_read_total over the rate of the token counters)."""
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
 
+from dsv4.engine.prefix_cache import PrefixStats
 from dsv4.offload import OffloadStats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -53,9 +55,10 @@ class Metrics:
             if itl is not None:
                 self.itl.observe(itl)
 
-    def render(self, gauges: dict[str, float], experts: OffloadStats | None = None) -> str:
+    def render(self, gauges: dict[str, float], experts: OffloadStats | None = None,
+               prefix: PrefixStats | None = None) -> str:
         """The exposition text; `gauges`: name -> current value (queue depth, running sequences, ...); `experts`:
-        the expert store's counters of an offloaded model."""
+        the expert store's counters of an offloaded model; `prefix`: the engine's prefix-cache counters."""
         with self._lock:
             lines = ["# TYPE dsv4_requests_total counter"]
             lines += [f'dsv4_requests_total{{route="{r}",status="{s}"}} {n}' for (r, s), n in sorted(self.requests.items())]
@@ -64,6 +67,8 @@ class Metrics:
                 lines += [f"# TYPE dsv4_{name}_total counter", f"dsv4_{name}_total {value}"]
             for name, hist in (("time_to_first_token_seconds", self.ttft), ("inter_token_latency_seconds", self.itl)):
                 lines += [f"# TYPE dsv4_{name} histogram", *hist.lines(f"dsv4_{name}")]
+        if prefix is not None:
+            lines += prefix_lines(prefix)
         if experts is not None:
             lines += expert_lines(experts)
         for name, value in gauges.items():
@@ -86,4 +91,22 @@ def expert_lines(stats: OffloadStats) -> list[str]:
         lines += [f"# TYPE dsv4_{name}_total counter", f"dsv4_{name}_total {d[key]}"]
     for key, name in _EXPERT_GAUGES.items():
         lines += [f"# TYPE dsv4_{name} gauge", f"dsv4_{name} {d[key]}"]
+    return lines
+
+
+_PREFIX_COUNTERS = {"hits": "prefix_cache_hits", "misses": "prefix_cache_misses", "disk_hits": "prefix_cache_disk_hits",
+                    "prefilled_tokens": "prefilled_tokens", "cached_tokens": "prefix_cache_cached_tokens",
+                    "disk_writes": "prefix_cache_disk_writes", "disk_rejected": "prefix_cache_disk_rejected",
+                    "disk_dropped": "prefix_cache_disk_dropped"}
+
+
+def prefix_lines(stats: PrefixStats) -> list[str]:
+    """Counters (`_total`) of prefix reuse, and per tier (memory, disk) gauges of its bytes and entries."""
+    lines = []
+    for key, name in _PREFIX_COUNTERS.items():
+        lines += [f"# TYPE dsv4_{name}_total counter", f"dsv4_{name}_total {getattr(stats, key)}"]
+    for what in ("bytes", "entries"):
+        lines.append(f"# TYPE dsv4_prefix_cache_{what} gauge")
+        lines += [f'dsv4_prefix_cache_{what}{{tier="{tier}"}} {getattr(stats, f"{tier}_{what}")}'
+                  for tier in ("memory", "disk")]
     return lines
