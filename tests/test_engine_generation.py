@@ -67,7 +67,7 @@ def test_stop_ids_max_tokens_and_context_end_generation(model):
     near = small.add(p[:4], SamplingParams(temperature=0, max_tokens=50))
     run(small, [])
     assert len(near.tokens) == 8 and near.finish_reason == "length"
-    with pytest.raises(ContextLengthError, match="prompt has 8 tokens"):
+    with pytest.raises(ContextLengthError, match="prompt is too long: 8 tokens > 7 maximum"):
         small.add(list(range(8)), SamplingParams())
 
 

@@ -60,10 +60,13 @@ class EngineLoop:
         return len(self.engine.scheduler.running)
 
     def close(self) -> None:
+        """Stop the engine thread, then wait for the prefix cache's pending disk writes."""
         with self._lock:
             self._stopping = True
             self._lock.notify()
         self._thread.join()
+        if self.engine.prefix is not None:
+            self.engine.prefix.flush()
 
     def _run(self) -> None:
         while self._take_inbox():

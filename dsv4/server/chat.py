@@ -66,12 +66,15 @@ class ChatRun:
         self._remember(choice)
 
     def _remember(self, choice: ChatChoice) -> None:
-        """An answer that ended with EOS (not cut by a stop string or a limit) is recorded as generated."""
+        """An answer that ended by itself (EOS, or its grammar completing: the rendering then adds the EOS) is
+        recorded as generated; one cut by a stop string or a limit is not."""
         output = choice.gen.seq.output
         eos = self.state.loop.engine.config.eos_ids
-        if choice.gen.finish_reason == "stop" and not choice.decoder.stopped and output and output[-1] in eos:
-            text = b"".join(self.tokenizer.token_bytes(t) for t in output).decode("utf-8", errors="replace")
-            self.state.turns.record(self.prompt.text, output, text, merge_deltas(choice.deltas))
+        if choice.gen.finish_reason != "stop" or choice.decoder.stopped or not output:
+            return
+        ids = output if output[-1] in eos else [*output, self.tokenizer.eos_id]
+        text = b"".join(self.tokenizer.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+        self.state.turns.record(self.prompt.text, ids, text, merge_deltas(choice.deltas))
 
     def chunk(self, choices: list[dict], **extra) -> dict:
         return R.envelope("chat.completion.chunk", self.rid, self.body.model, choices, **extra)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -11,16 +12,22 @@ from dsv4.engine import Engine, EngineConfig, EngineLoop
 from dsv4.model.transformer import Transformer
 from dsv4.server.app import create_app
 from dsv4.server.state import ServerState
+from dsv4.server.stored_responses import ResponseStore
+from dsv4.server.turns import TurnMemory
 
 
 def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | None = None,
-               config: EngineConfig | None = None, warm_up=None) -> ServerState:
+               config: EngineConfig | None = None, warm_up=None, max_output_tokens: int | None = None) -> ServerState:
     """Start the engine thread for `model` with the bundled V4 tokenizer. `warm_up(engine)` runs first (the
-    CLI compiles the decode step there, before the first request)."""
+    CLI compiles the decode step there, before the first request). With `config.prefix_cache_dir`, the answers'
+    tokens (`turns.jsonl`) and stored Responses (`responses/`) are kept there too, next to the prefix caches."""
     engine = Engine(model, config)
     if warm_up is not None:
         warm_up(engine)
-    return ServerState(EngineLoop(engine), load_tokenizer(), model_name, api_key)
+    directory = engine.config.prefix_cache_dir
+    return ServerState(EngineLoop(engine), load_tokenizer(), model_name, api_key, max_output_tokens=max_output_tokens,
+                       turns=TurnMemory(directory),
+                       responses=ResponseStore(Path(directory) / "responses" if directory else None))
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None:
