@@ -281,3 +281,14 @@ def test_tool_arguments_stream_in_pieces_on_every_api(claude, oai):
     deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
     done = next(e for e in events if e.type == "response.function_call_arguments.done")
     assert len(deltas) > 3 and "".join(deltas) == done.arguments == call.arguments == whole
+
+
+def test_the_server_caps_every_requests_output(model):
+    with BackgroundServer(make_state(model, model_name=MODEL, max_output_tokens=3)) as srv:
+        r = anthropic.Anthropic(base_url=srv.url, api_key="k", max_retries=0, timeout=60).messages.create(
+            model=MODEL, max_tokens=32000, messages=[{"role": "user", "content": ASK}],
+            thinking={"type": "enabled", "budget_tokens": 16000})  # as Claude Code asks
+        assert r.usage.output_tokens == 3 and r.stop_reason == "max_tokens"
+        o = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0).responses.create(model=MODEL,
+                                                                                                  input=ASK)
+        assert o.usage.output_tokens == 3 and o.status == "incomplete"

@@ -1,4 +1,4 @@
-"""`dsv4 serve`: the OpenAI-compatible HTTP server."""
+"""`dsv4 serve`: the HTTP server (OpenAI chat completions, completions and Responses; Anthropic Messages)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +8,15 @@ from dsv4.engine.options import add_model_args, load_model_or_explain, prefix_ca
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (needs the `serve` extra)")
+    p = subparsers.add_parser("serve", help="HTTP server speaking the OpenAI (chat completions, Responses) and "
+                              "Anthropic (Messages) APIs (needs the `serve` extra)")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", metavar="K", help="require `Authorization: Bearer K` on /v1 routes")
+    p.add_argument("--api-key", metavar="K", help="require `Authorization: Bearer K` or `x-api-key: K` on the API "
+                   "routes")
+    p.add_argument("--max-output-tokens", type=int, metavar="N", help="cap every request's output at N tokens "
+                   "(agent clients ask for tens of thousands)")
     p.add_argument("--model-name", help="the id clients send as `model` (default: the model directory's name)")
     p.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before answering 429")
@@ -20,6 +24,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.max_output_tokens is not None and args.max_output_tokens < 1:
+        return request_error("serve", ValueError(f"--max-output-tokens: expected a positive number, found "
+                                                 f"{args.max_output_tokens}"))
     try:
         from dsv4.server.run import make_state, serve  # fastapi/uvicorn only when serving
     except ImportError as e:
@@ -33,7 +40,8 @@ def run(args) -> int:
                           **prefix_cache_config(args))
     try:
         state = make_state(model, model_name=name, api_key=args.api_key, config=config,
-                           warm_up=lambda engine: warm_up(engine, batch_sizes=(1, 2)))
+                           warm_up=lambda engine: warm_up(engine, batch_sizes=(1, 2)),
+                           max_output_tokens=args.max_output_tokens)
     except ValueError as e:
         return request_error("serve", e)
     serve(state, args.host, args.port)
