@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dsv4.chat import StreamingParser, merge_deltas, parse_completion
 from dsv4.chat.dsml import to_json
+from test_chat_parsing import blk, par
 
 E = "<｜end▁of▁sentence｜>"
 OPEN, CLOSE = "<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>"
@@ -25,12 +26,6 @@ def inv(name: str, body: str) -> str:
     return f"{head(name)}{body}\n</｜DSML｜invoke>"
 
 
-def par(key: str, value: str, string: str = "true") -> str:
-    return f'<｜DSML｜parameter name="{key}" string="{string}">{value}</｜DSML｜parameter>'
-
-
-def blk(*invokes: str) -> str:
-    return f"\n\n{OPEN}\n" + "\n".join(invokes) + f"\n{CLOSE}"
 
 
 def chunks(text: str, sizes: list[int]) -> list[str]:

@@ -5,7 +5,9 @@ chat layer's `ChatDelta` stream into block events that each API only has to name
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from dsv4.chat import ChatDelta
 
@@ -93,3 +95,21 @@ class Blocks:
         if not block.closed:
             block.closed = True
             events.append(("stop", block, ""))
+
+
+async def streamed_blocks(run: Any, blocks: Blocks, request: Any) -> AsyncIterator[list[Event] | None]:
+    """The block events of `run`'s first choice (a `ChatRun`) as its deltas arrive, None per keep-alive, and the
+    closing events last."""
+    async for delta, _ in run.pieces(run.choices[0], request, run.state.keepalive_s):
+        yield blocks.push(delta) if delta is not None else None
+    yield blocks.finish()
+
+
+async def whole_blocks(run: Any, request: Any) -> Blocks:
+    """The blocks of `run`'s whole answer; a failed generation raises (500)."""
+    blocks = Blocks()
+    async for delta, _ in run.pieces(run.choices[0], request):
+        blocks.push(delta)
+    blocks.finish()
+    run.choices[0].gen.raise_if_failed()
+    return blocks

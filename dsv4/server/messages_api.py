@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from dsv4.server import responses as R
-from dsv4.server.blocks import REASONING, TEXT, Block, Blocks
+from dsv4.server.blocks import REASONING, TEXT, Block, Blocks, streamed_blocks, whole_blocks
 from dsv4.server.chat import ChatRun, start_chat
 from dsv4.server.errors import APIError
 from dsv4.server.schemas import ChatRequest, _Body
@@ -175,11 +175,7 @@ async def messages(state: ServerState, body: MessagesRequest, request: Request):
     run.rid = R.new_id("msg").replace("-", "_")
     if body.stream:
         return StreamingResponse(_events(run, request), media_type="text/event-stream")
-    blocks, choice = Blocks(), run.choices[0]
-    async for delta, _ in run.pieces(choice, request):
-        blocks.push(delta)
-    blocks.finish()
-    choice.gen.raise_if_failed()
+    blocks = await whole_blocks(run, request)
     return {**_message(run, [_content(run, b) for b in blocks.blocks]), **_stop(run, blocks)}
 
 
@@ -251,14 +247,9 @@ async def _events(run: ChatRun, request: Request) -> AsyncIterator[str]:
     yield _sse("message_start", {"type": "message_start", "message": start})
     yield _sse("ping", {"type": "ping"})
     blocks, choice = Blocks(), run.choices[0]
-    async for delta, _ in run.pieces(choice, request, run.state.keepalive_s):
-        if delta is None:
-            yield _sse("ping", {"type": "ping"})
-            continue
-        for frame in _frames(run, blocks.push(delta)):
+    async for events in streamed_blocks(run, blocks, request):
+        for frame in _frames(run, events) if events is not None else [_sse("ping", {"type": "ping"})]:
             yield frame
-    for frame in _frames(run, blocks.finish()):
-        yield frame
     if choice.gen.finish_reason == "error":
         yield _sse("error", APIError(500, "the engine failed while generating this answer", "server_error")
                    .anthropic_body())

@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from dsv4.chat import merge_deltas
 from dsv4.server import responses as R
-from dsv4.server.blocks import REASONING, TEXT, Block, Blocks
+from dsv4.server.blocks import REASONING, TEXT, Block, Blocks, streamed_blocks, whole_blocks
 from dsv4.server.chat import ChatRun, start_chat
 from dsv4.server.errors import APIError
 from dsv4.server.schemas import ChatRequest, _Body
@@ -251,12 +251,7 @@ async def responses(state: ServerState, body: ResponsesRequest, request: Request
     resp = ResponseRun(await start_chat(state, chat, prompt_param="input"), body, conversation)
     if body.stream:
         return StreamingResponse(_events(resp, request), media_type="text/event-stream")
-    blocks, choice = Blocks(), resp.run.choices[0]
-    async for delta, _ in resp.run.pieces(choice, request):
-        blocks.push(delta)
-    blocks.finish()
-    choice.gen.raise_if_failed()
-    return resp.finish(blocks)
+    return resp.finish(await whole_blocks(resp.run, request))
 
 
 async def _events(resp: ResponseRun, request: Request) -> AsyncIterator[str]:
@@ -265,14 +260,9 @@ async def _events(resp: ResponseRun, request: Request) -> AsyncIterator[str]:
     yield resp.event("response.created", response=resp.response("in_progress", []))
     yield resp.event("response.in_progress", response=resp.response("in_progress", []))
     blocks, choice = Blocks(), resp.run.choices[0]
-    async for delta, _ in resp.run.pieces(choice, request, resp.run.state.keepalive_s):
-        if delta is None:
-            yield R.KEEP_ALIVE
-            continue
-        for frame in _frames(resp, blocks.push(delta)):
+    async for events in streamed_blocks(resp.run, blocks, request):
+        for frame in _frames(resp, events) if events is not None else [R.KEEP_ALIVE]:
             yield frame
-    for frame in _frames(resp, blocks.finish()):
-        yield frame
     if choice.gen.finish_reason == "error":
         failed = resp.response("failed", [resp.item(b, True) for b in blocks.blocks])
         failed["error"] = {"code": "server_error", "message": "the engine failed while generating this answer"}
