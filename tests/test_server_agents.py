@@ -292,3 +292,23 @@ def test_the_server_caps_every_requests_output(model):
         o = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0).responses.create(model=MODEL,
                                                                                                   input=ASK)
         assert o.usage.output_tokens == 3 and o.status == "incomplete"
+
+
+def test_stored_responses_survive_a_restart_under_a_byte_bound(model, tmp_path):
+    def server():
+        return BackgroundServer(make_state(model, model_name=MODEL, responses_dir=tmp_path))
+
+    with server() as srv:
+        first = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0).responses.create(
+            model=MODEL, input=ASK, reasoning={"effort": "none"}, temperature=0)
+    with server() as srv:  # restarted: the conversation is read back from disk
+        again = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0).responses.create(
+            model=MODEL, input="And 14 + 9?", previous_response_id=first.id, reasoning={"effort": "none"},
+            temperature=0)
+        assert again.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{r.id}.json" for r in (first, again))
+    from dsv4.server.stored_responses import ResponseStore
+    size = (tmp_path / f"{first.id}.json").stat().st_size
+    bounded = ResponseStore(tmp_path, max_bytes=size + 10)
+    bounded.put("resp_new", {"messages": [], "response": {}})
+    assert bounded.get(first.id) is None and bounded.get("resp_new") == {"messages": [], "response": {}}

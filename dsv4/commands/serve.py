@@ -15,12 +15,22 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", metavar="K", help="require `Authorization: Bearer K` or `x-api-key: K` on the API "
                    "routes")
+    p.add_argument("--responses-dir", metavar="DIR", help="where responses stored for `previous_response_id` are "
+                   "kept (default: DIR/responses under --prefix-cache-dir, else ~/.cache/dsv4/responses)")
     p.add_argument("--max-output-tokens", type=int, metavar="N", help="cap every request's output at N tokens "
                    "(agent clients ask for tens of thousands)")
     p.add_argument("--model-name", help="the id clients send as `model` (default: the model directory's name)")
     p.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before answering 429")
     p.set_defaults(func=run)
+
+
+def responses_dir(args) -> Path:
+    if args.responses_dir:
+        return Path(args.responses_dir).expanduser()
+    if args.prefix_cache_dir:
+        return Path(args.prefix_cache_dir).expanduser() / "responses"
+    return Path.home() / ".cache" / "dsv4" / "responses"
 
 
 def run(args) -> int:
@@ -41,7 +51,7 @@ def run(args) -> int:
     try:
         state = make_state(model, model_name=name, api_key=args.api_key, config=config,
                            warm_up=lambda engine: warm_up(engine, batch_sizes=(1, 2)),
-                           max_output_tokens=args.max_output_tokens)
+                           max_output_tokens=args.max_output_tokens, responses_dir=responses_dir(args))
     except ValueError as e:
         return request_error("serve", e)
     serve(state, args.host, args.port)

@@ -17,17 +17,19 @@ from dsv4.server.turns import TurnMemory
 
 
 def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | None = None,
-               config: EngineConfig | None = None, warm_up=None, max_output_tokens: int | None = None) -> ServerState:
+               config: EngineConfig | None = None, warm_up=None, max_output_tokens: int | None = None,
+               responses_dir: str | Path | None = None) -> ServerState:
     """Start the engine thread for `model` with the bundled V4 tokenizer. `warm_up(engine)` runs first (the
     CLI compiles the decode step there, before the first request). With `config.prefix_cache_dir`, the answers'
-    tokens (`turns.jsonl`) and stored Responses (`responses/`) are kept there too, next to the prefix caches."""
+    tokens (`turns.jsonl`) and stored Responses (`responses/`, unless `responses_dir` says where) are kept there
+    too, next to the prefix caches; otherwise both live in memory only."""
     engine = Engine(model, config)
     if warm_up is not None:
         warm_up(engine)
     directory = engine.config.prefix_cache_dir
     return ServerState(EngineLoop(engine), load_tokenizer(), model_name, api_key, max_output_tokens=max_output_tokens,
                        turns=TurnMemory(directory),
-                       responses=ResponseStore(Path(directory) / "responses" if directory else None))
+                       responses=ResponseStore(responses_dir or (Path(directory) / "responses" if directory else None)))
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None:
