@@ -25,7 +25,9 @@ class Quality:
     values: dict[str, object]
 
     def cell(self, recipe: str) -> str:
-        return str(self.values[recipe]) if recipe in self.values else "n/a"
+        """The measurement with 3 significant digits (0.00883), "n/a" when not measured."""
+        value = self.values.get(recipe)
+        return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def read_quality(path: Path = QUALITY_FILE) -> Quality:

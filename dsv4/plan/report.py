@@ -98,9 +98,11 @@ def format_ladder(plans: list[Plan], quality: Quality, skipped: list[str]) -> st
     device = plans[0].system.device.name if plans else "device"
     rows = [[p.weights.recipe, gib(p.weights.total), gib(p.weights.memory), gib(p.active_weight_bytes),
              "yes" if p.fits else "no", speed(p), quality.cell(p.weights.recipe)] for p in plans]
-    text = table(["recipe", "file GiB", "memory GiB", "read/token GiB", f"fits {device}", "tokens/s",
-                  quality.metric], rows)
-    return text + "".join(f"\nskipped: {why}" for why in skipped)
+    text = table(["recipe", "file GiB", "memory GiB", "read/token GiB", f"fits {device}", "tokens/s", "quality"],
+                 rows)
+    source = (f"quality: {quality.metric} (benchmarks/results/quant_quality.json)" if quality.values
+              else "quality: not measured yet (benchmarks/bench_quant_quality.py writes it)")
+    return text + f"\n{source}" + "".join(f"\nskipped: {why}" for why in skipped)
 
 
 def format_devices(plans: list[Plan]) -> str:
