@@ -7,8 +7,9 @@ of the tokens. Files are written by a background thread (the engine never waits 
 and renamed, so a crash leaves no partial file under a final name. The directory is bounded by a byte budget
 (segmented LRU by last use, as the memory tier); hit counts and last-use times live in `index.json`.
 
-On start-up the files' headers are read; files of another model, lookahead or format version, and malformed ones,
-are ignored with a warning, as is a file whose data turns out unusable when loaded (the lookup is then a miss).
+On start-up, temporary files whose writer process is gone (killed mid-write) are removed, and the files' headers
+are read; files of another model, lookahead or format version, and malformed ones, are ignored with a warning, as
+is a file whose data turns out unusable when loaded (the lookup is then a miss).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import threading
 import time
 import warnings
@@ -33,6 +35,7 @@ from safetensors.torch import save_file
 
 from dsv4.cache import CompressorCache, ModelCache
 from dsv4.engine.prefix_cache import SegmentedLRU
+from dsv4.weights.atomic import remove_stale
 
 FORMAT, VERSION = "dsv4-prefix-cache", 1
 INDEX = "index.json"
@@ -40,6 +43,7 @@ SUFFIX = ".safetensors"
 QUEUE_SIZE = 4  # pending jobs; a write beyond is dropped (counted; the entry stays in memory): the engine never
                 # waits on the disk
 _STATE_FIELDS = ("cur_kv", "cur_score", "prev_kv", "prev_score")
+_TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")  # _write_atomic's names: .NAME.PID.THREAD.tmp
 
 
 def model_identity(model: torch.nn.Module, sample_bytes: int = 4096) -> str:
@@ -265,7 +269,8 @@ class PrefixStore:
     # ---- reading files ----
 
     def _scan(self) -> None:
-        """Index the directory's cache files (headers only), least recently used first."""
+        """Remove dead writers' temporary files; index the cache files (headers only), least recently used first."""
+        remove_stale(self.dir, _TEMPORARY)
         try:
             index = json.loads((self.dir / INDEX).read_text())["entries"]
         except (OSError, ValueError, KeyError, TypeError):

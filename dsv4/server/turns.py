@@ -8,7 +8,8 @@ those ids back when a turn follows the very same prompt text and says the same t
 with JSON-equal arguments, reasoning absent or equal up to whitespace). Anything else renders as the encoder does.
 
 Records are kept in memory under a count bound and, with a directory, appended to `turns.jsonl` there, so they
-survive a restart (a torn or foreign line is skipped with a warning).
+survive a restart (a torn or foreign line is skipped with a warning; a record appended after a torn last line
+starts a line of its own).
 """
 from __future__ import annotations
 
@@ -98,8 +99,9 @@ class TurnMemory:
         try:
             if self._path.exists() and self._path.stat().st_size > 64 * (1 << 20):
                 self._compact()
-            with open(self._path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(asdict(turn), ensure_ascii=False) + "\n")
+            line = json.dumps(asdict(turn), ensure_ascii=False) + "\n"
+            with open(self._path, "a+b") as f:
+                f.write((b"\n" if _ends_inside_a_line(f) else b"") + line.encode("utf-8"))
                 f.flush()
         except OSError as e:
             log.warning("could not save the answer's tokens to %s: %s", self._path, e)
@@ -128,3 +130,11 @@ class TurnMemory:
                 self._add(turn)
         if bad:
             log.warning("%s: skipped %d unreadable line(s)", self._path, bad)
+
+
+def _ends_inside_a_line(f) -> bool:
+    """Whether the file open in `f` ends without a newline: a write cut short by a crash."""
+    if f.seek(0, os.SEEK_END) == 0:
+        return False
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"

@@ -1,13 +1,17 @@
 """Training checkpoints: one `torch.save`d dict per file, written atomically.
 
-The file is written under a temporary name in the same folder, flushed to disk, then renamed over the old one:
-a run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
+The file is written under a temporary name in the same folder (`.NAME.tmpPID`), flushed to disk, then renamed
+over the old one: a run killed at any moment leaves either the previous checkpoint or the new one, never a torn
+file. The next save removes the temporary files that killed writers left behind.
 """
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
+
+from dsv4.weights.atomic import fsync_tree, remove_stale
 
 FORMAT = "dsv4-train-checkpoint/1"
 
@@ -20,6 +24,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write state (tensors, numbers, strings, lists, dicts) to path atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, re.compile(rf"\.{re.escape(path.name)}\.tmp(?P<pid>\d+)"))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with tmp.open("wb") as f:
@@ -27,6 +32,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_tree(path.parent, recursive=False)  # the rename itself
     finally:
         tmp.unlink(missing_ok=True)
 

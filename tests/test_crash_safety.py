@@ -1,0 +1,363 @@
+"""Crash safety: `dsv4 convert`, training checkpoint writes and the engine's prefix-cache disk writes killed with
+SIGKILL at seeded random moments. Afterwards nothing partial is ever loaded as valid (a load either gives the
+complete, correct result or fails / is skipped with a clear message) and the next run succeeds: a convert to the
+same destination cleans the stale partial output and completes, training resumes from the last complete
+checkpoint, a restarted engine drops dead writers' temporary files, ignores damaged ones and serves.
+
+One driver subprocess per case (`python tests/test_crash_safety.py JOB`) imports dsv4 once, times a complete run,
+then forks a fresh process per kill moment (a fraction of that time) and SIGKILLs it there; a last kind of moment
+is "just before the k-th rename" (the child kills itself inside os.replace), where a finished temporary file or
+directory is left behind. The checks run here, in the test process.
+"""
+import functools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import dsv4  # noqa: E402
+from dsv4.cli import main  # noqa: E402
+from dsv4.config import ConfigError, ModelConfig  # noqa: E402
+from dsv4.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
+from dsv4.engine.prefix_store import PrefixStore, model_identity  # noqa: E402
+from dsv4.presets import PRESETS  # noqa: E402
+from dsv4.server.turns import TurnMemory  # noqa: E402
+from dsv4.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from dsv4.train.loop import CHECKPOINT  # noqa: E402
+from dsv4.train.task_data import task_records, write_jsonl  # noqa: E402
+from dsv4.weights.checkpoint import CheckpointError as WeightsError  # noqa: E402
+from dsv4.weights.writer import save_model  # noqa: E402
+from tiny_models import random_model  # noqa: E402
+
+SEED = 17
+DIMS = dict(hidden_size=128, q_lora_rank=128, head_dim=64, qk_rope_head_dim=16, o_lora_rank=64,
+            moe_intermediate_size=128, n_routed_experts=4, num_hidden_layers=2, compress_ratios=[0, 4, 0])
+TRAIN_STEPS = 4
+TINY_V4_VOCAB = dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)  # as in test_train_resume
+NO_EOS = frozenset()
+GREEDY = SamplingParams(temperature=0, max_tokens=4)
+
+
+def moments(n: int, salt: int) -> list[float]:
+    """n seeded kill moments, as fractions of a complete run's time."""
+    rng = random.Random(SEED * 1000 + salt)
+    return sorted(rng.uniform(0.05, 1.0) for _ in range(n))
+
+
+# ---- the driver (a subprocess) and its children (forked from it) ----
+
+def _convert_work(src: str, dst: str) -> None:
+    assert main(["convert", src, dst, "--recipe", "Q8_0"]) == 0
+
+
+def _train_work(args: list[str]) -> None:
+    assert main(["train", *args]) == 0
+
+
+def _checkpoint_work(path: str, n: int) -> None:
+    """The training loop's checkpoint save, back to back: step i holds a 4 MB tensor of i."""
+    for i in range(1, n + 1):
+        save_checkpoint({"step": i, "w": torch.full((1 << 20,), float(i))}, path)
+
+
+@functools.cache
+def _engine_model():
+    return random_model(seed=5)
+
+
+def _engine_work(directory: str, prompts: list[list[int]]) -> None:
+    e = Engine(_engine_model(), EngineConfig(prefill_chunk=8, eos_ids=NO_EOS, prefix_cache_dir=directory))
+    for prompt in prompts:
+        e.add(prompt, GREEDY)
+        while e.has_work():
+            e.step()
+    e.prefix.flush()
+
+
+WORK = {"convert": _convert_work, "train": _train_work, "checkpoint": _checkpoint_work, "engine": _engine_work}
+
+
+def _fork(work, kwargs: dict, die_at_replace: int = 0) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        if die_at_replace:
+            _die_at_replace(die_at_replace)
+        work(**kwargs)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _die_at_replace(k: int) -> None:
+    """SIGKILL this process when it calls os.replace for the k-th time: its temporary output is finished."""
+    real, calls = os.replace, [0]
+
+    def replace(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    os.replace = replace
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit code of child pid (None if a signal ended it); reaps it."""
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+
+
+def _running(pid: int) -> bool:
+    """Whether child pid has not exited yet (without reaping it)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def _appears(pid: int, pattern: str) -> float:
+    """Poll until a path matching the glob `pattern` exists (the output being written) or child pid has exited;
+    returns the time it took."""
+    start, parent = time.perf_counter(), Path(pattern).parent
+    while not list(parent.glob(Path(pattern).name)) and _running(pid):
+        time.sleep(0.001)
+    return time.perf_counter() - start
+
+
+def driver(job: dict) -> dict:
+    """Time one complete run of job["work"] on job["reference"]; then, per moment, run it on job["target"] and
+    SIGKILL it at that fraction of the time (or, for {"replace": k}, at its k-th rename). With job["writes"] (glob
+    patterns of the reference's and the target's temporary output, "{pid}" standing for the child's id), time
+    counts from that output's appearance, so that every moment falls while the output is being written."""
+    torch.set_num_threads(1)
+    if job["work"] == "engine":
+        _engine_model()  # built once, before the forks
+    work, (ref_glob, target_glob) = WORK[job["work"]], job.get("writes", ("", ""))
+    start = time.perf_counter()
+    pid = _fork(work, job["reference"])
+    before = _appears(pid, ref_glob) if ref_glob else 0.0
+    if _exit_code(pid) != 0:
+        raise RuntimeError("the reference run failed")
+    seconds = time.perf_counter() - start - before
+    kills = []
+    for moment in job["moments"]:
+        replace = moment.get("replace", 0) if isinstance(moment, dict) else 0
+        pid = _fork(work, job["target"], replace)
+        if not replace:
+            if target_glob:
+                _appears(pid, target_glob.format(pid=pid))
+            time.sleep(moment * seconds)
+            os.kill(pid, signal.SIGKILL)
+        kill = {"pid": pid, "moment": moment, "exit": _exit_code(pid)}
+        if kill["exit"] == 0 and job.get("remove_finished"):  # done before its kill: check it, start over
+            finished = Path(job["remove_finished"])
+            kill["whole"] = same_tree(finished, Path(job["reference"]["dst"]))
+            shutil.rmtree(finished) if finished.is_dir() else finished.unlink()
+        kills.append(kill)
+    return {"seconds": seconds, "kills": kills}
+
+
+def run_driver(job: dict, tmp_path: Path) -> dict:
+    """Run the driver in a subprocess; its report (see `driver`)."""
+    report = tmp_path / "report.json"
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(job), str(report)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and report.exists(), out.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
+# ---- dsv4 convert ----
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "official"
+    save_model(random_model("tiny", seed=5, **DIMS), path, "FP4")
+    return path
+
+
+def partials(parent: Path, name: str) -> list[Path]:
+    return sorted(parent.glob(f".{name}.partial-*"))
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    if a.is_file():
+        return b.is_file() and a.read_bytes() == b.read_bytes()
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(same_tree(a / n, b / n) for n in names)
+
+
+def assert_loads_whole_or_fails_by_name(path: Path, reference: Path) -> None:
+    """A partial output either fails to load with an error naming it, or is in fact whole (equal to the reference)."""
+    try:
+        model = dsv4.load_model(path, dtype=torch.float32, simulate_quant=False)
+    except (WeightsError, ConfigError) as e:
+        assert path.name in str(e), e
+        return
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    assert torch.equal(model(ids), dsv4.load_model(reference, dtype=torch.float32, simulate_quant=False)(ids))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gguf"], ids=["directory", "gguf"])
+def test_a_killed_convert_leaves_no_output_and_the_next_convert_cleans_up_and_completes(official, tmp_path, suffix):
+    ref, dst = tmp_path / f"ref{suffix}", tmp_path / f"out{suffix}"
+    writes = [str(tmp_path / f".{ref.name}.partial-*"), str(tmp_path / f".{dst.name}.partial-{{pid}}")]
+    report = run_driver({"work": "convert", "reference": {"src": str(official), "dst": str(ref)},
+                         "target": {"src": str(official), "dst": str(dst)}, "remove_finished": str(dst),
+                         "writes": writes,
+                         "moments": moments(3, salt=len(suffix)) + [{"replace": 1}]}, tmp_path)
+    assert all(k["whole"] for k in report["kills"] if k["exit"] == 0), report  # finished before its kill: whole
+    assert report["kills"][-1]["exit"] is None and not dst.exists()
+    left = partials(tmp_path, dst.name)
+    assert len(left) == 1, left  # the last convert removed the killed ones' partial outputs; its own is left
+    assert_loads_whole_or_fails_by_name(left[0], ref)
+    with pytest.warns(RuntimeWarning, match=f"removed {left[0]}: an unfinished write by process "
+                                            rf"{report['kills'][-1]['pid']}, which is no longer running"):
+        assert main(["convert", str(official), str(dst), "--recipe", "Q8_0"]) == 0
+    assert partials(tmp_path, dst.name) == [] and same_tree(dst, ref)
+
+
+def test_a_partial_output_of_a_running_convert_is_left_alone(official, tmp_path):
+    alive = tmp_path / f".out.partial-{os.getppid()}"  # our parent process: alive
+    alive.mkdir()
+    with pytest.warns(RuntimeWarning, match=rf"{alive.name}: left alone, its writer \(process {os.getppid()}\) is "
+                                            "still running"):
+        assert main(["convert", str(official), str(tmp_path / "out"), "--recipe", "Q8_0"]) == 0
+    assert alive.is_dir() and (tmp_path / "out" / "config.json").exists()
+
+
+# ---- training checkpoints ----
+
+@pytest.fixture(scope="module")
+def train_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_jsonl(task_records(40, seed=3), root / "tasks.jsonl")
+    (root / "model.json").write_text(json.dumps(ModelConfig(**TINY_V4_VOCAB).to_dict()))
+    return root
+
+
+def _train_args(root: Path, out: str) -> list[str]:
+    return ["--data", str(root / "tasks.jsonl"), "--out", str(root / out), "--model-config", str(root / "model.json"),
+            "--threads", "1", "--no-plot", "--steps", str(TRAIN_STEPS), "--batch-size", "4", "--micro-batch", "2",
+            "--seq-len", "96", "--warmup", "2", "--eval-every", "3", "--ckpt-every", "1", "--log-every", "1",
+            "--resume"]
+
+
+def test_a_killed_training_run_resumes_from_its_last_complete_checkpoint(train_setup, tmp_path):
+    report = run_driver({"work": "train", "reference": {"args": _train_args(train_setup, "whole")},
+                         "target": {"args": _train_args(train_setup, "killed")},
+                         "moments": [{"replace": 3}] + moments(2, salt=10)}, tmp_path)
+    assert report["kills"][0]["exit"] is None, report  # died with its step-2 checkpoint written, not renamed
+    ckpt = train_setup / "killed" / CHECKPOINT
+    steps = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0  # complete, whatever the moment
+    assert 0 <= steps <= TRAIN_STEPS
+    assert main(["train", *_train_args(train_setup, "killed")]) == 0
+    whole, resumed = load_checkpoint(train_setup / "whole" / CHECKPOINT), load_checkpoint(ckpt)
+    assert resumed["step"] == whole["step"] == TRAIN_STEPS
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    assert [p.name for p in (train_setup / "killed").iterdir() if "ckpt.pt" in p.name] == ["ckpt.pt"]
+
+
+def test_a_checkpoint_killed_while_being_written_leaves_the_previous_one_whole(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    report = run_driver({"work": "checkpoint", "reference": {"path": str(tmp_path / "ref.pt"), "n": 12},
+                         "target": {"path": str(path), "n": 40},
+                         "moments": moments(4, salt=20) + [{"replace": 2}]}, tmp_path)
+    for kill in report["kills"]:
+        assert kill["exit"] is None, kill  # every moment fell inside the writes
+    state = load_checkpoint(path)
+    assert torch.equal(state["w"], torch.full((1 << 20,), float(state["step"])))  # one whole step, not a mix
+    save_checkpoint({"step": 0, "w": torch.zeros(1)}, path)  # the next run's save
+    assert [p.name for p in tmp_path.iterdir() if "ckpt.pt" in p.name] == ["ckpt.pt"]  # stale temporaries removed
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_a_truncated_training_checkpoint_is_refused_by_name(tmp_path, cut):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 3, "w": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * cut)])
+    with pytest.raises(CheckpointError, match="ckpt.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+# ---- the engine's prefix cache on disk ----
+
+def _prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 500) for _ in range(rng.randrange(10, 30))] for _ in range(n)]
+
+
+def cache_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    with safe_open(path, "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_an_engine_killed_during_cache_writes_restarts_ignoring_damage_and_serves(tmp_path):
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    prompts = _prompts(5, seed=SEED)
+    report = run_driver({"work": "engine", "reference": {"directory": str(ref_dir), "prompts": prompts},
+                         "target": {"directory": str(kill_dir), "prompts": prompts},
+                         "moments": moments(2, salt=30) + [{"replace": 3}]}, tmp_path)
+    assert report["kills"][-1]["exit"] is None
+    model = random_model(seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store = PrefixStore(kill_dir, 1 << 30, model_identity(model), 0, model.make_cache)
+    assert not [p for p in kill_dir.iterdir() if p.name.endswith(".tmp")]  # dead writers' temporaries removed
+    # every accepted file is whole: as the uninterrupted run wrote it, up to rounding (a restarted run prefilled
+    # the rest of a prompt after a disk hit, in other chunks)
+    for name in store._records:
+        (meta, tensors), (ref_meta, ref_tensors) = cache_file(kill_dir / name), cache_file(ref_dir / name)
+        assert meta == ref_meta and tensors.keys() == ref_tensors.keys(), name
+        assert torch.equal(tensors["tokens"], ref_tensors["tokens"]), name
+        assert all(torch.allclose(tensors[k], ref_tensors[k], rtol=1e-4, atol=1e-5) for k in tensors), name
+        assert store.load(tuple(tensors["tokens"].tolist())) is not None, name
+    said = [str(w.message) for w in caught if w.category is RuntimeWarning]
+    assert any(f"process {report['kills'][-1]['pid']}, which is no longer running" in m for m in said), said
+    assert all("prefix cache: ignoring" in m or "no longer running" in m for m in said), said
+    e = Engine(model, EngineConfig(prefill_chunk=8, eos_ids=NO_EOS, prefix_cache_dir=str(kill_dir)))
+    plain = Engine(model, EngineConfig(prefill_chunk=8, eos_ids=NO_EOS, prefix_cache_bytes=0))
+    for prompt in prompts[:2]:
+        outs = []
+        for engine in (e, plain):
+            seq = engine.add(prompt + [7, 8, 9], GREEDY)
+            while engine.has_work():
+                engine.step()
+            outs.append(seq.output)
+        assert outs[0] == outs[1]
+    e.prefix.flush()
+
+
+# ---- the server's turn records ----
+
+def test_a_turn_recorded_after_a_torn_last_line_survives_a_restart(tmp_path, caplog):
+    """A kill while a long record is appended to turns.jsonl can leave a torn last line: it is skipped with a
+    warning, and the next record starts a line of its own instead of being glued to it (and lost with it)."""
+    said = {"content": "b", "reasoning_content": "", "tool_calls": []}
+    TurnMemory(tmp_path).record("first prompt", [1, 2, 3], "a", dict(said, content="a"))
+    path = tmp_path / "turns.jsonl"
+    path.write_bytes(path.read_bytes()[:-10])
+    restarted = TurnMemory(tmp_path)
+    assert len(restarted) == 0 and "skipped 1 unreadable line" in caplog.text
+    restarted.record("second prompt", [4, 5], "b", said)
+    again = TurnMemory(tmp_path)
+    assert len(again) == 1 and again.recall("second prompt", {"content": "b"}) == ("b", [4, 5])
+
+
+if __name__ == "__main__":  # the driver subprocess
+    Path(sys.argv[2]).write_text(json.dumps(driver(json.loads(sys.argv[1]))))
