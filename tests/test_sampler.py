@@ -34,6 +34,15 @@ def test_top_k_top_p_and_min_p_keep_exactly_the_expected_tokens():
     assert torch.allclose(kept[:3], p[:3] / p[:3].sum()) and kept[3:].sum() == 0
 
 
+@pytest.mark.parametrize("params, prompt", [
+    (dict(temperature=1e-300), []), (dict(temperature=5e-324), []), (dict(top_p=1e-300), []),
+    (dict(temperature=1e-30, top_p=1e-300, min_p=1.0), []), (dict(repetition_penalty=1e-300), [0])])
+def test_extreme_but_valid_settings_draw_the_argmax_instead_of_failing(params, prompt):
+    # found by fuzzing the server: these made softmax NaN and so failed the engine step
+    g = make_generator(0)
+    assert {sample(LOGITS, SamplingParams(**params), g, prompt, []).token for _ in range(50)} == {0}
+
+
 def test_same_seed_same_draws_whatever_else_is_sampled_in_between():
     params = SamplingParams(seed=7)
     a, b, other = make_generator(7), make_generator(7), make_generator(8)

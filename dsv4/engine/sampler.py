@@ -48,7 +48,11 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt: list[i
 
 def filter_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Penalised logits [V] -> sampling probabilities [V] after temperature, top_k, top_p and min_p."""
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    # shifted by the max before the division, the divisor kept representable: a tiny temperature (1e-300) or
+    # repetition penalty would overflow the logits to inf and softmax to NaN; such a draw is argmax-like instead
+    finfo = torch.finfo(logits.dtype)
+    capped = logits.clamp(max=finfo.max)
+    probs = torch.softmax((capped - capped.max()) / max(params.temperature, finfo.tiny), dim=-1)
     if 0 < params.top_k < probs.shape[-1]:
         kth = probs.topk(params.top_k).values[-1]
         probs = torch.where(probs >= kth, probs, 0.0)
@@ -56,7 +60,8 @@ def filter_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         sorted_p, order = probs.sort(descending=True)
         before = sorted_p.cumsum(0) - sorted_p              # mass strictly above each token
         keep = torch.zeros_like(probs, dtype=torch.bool)
-        keep[order] = before < params.top_p * sorted_p.sum()  # always keeps the most likely token
+        keep[order] = before < params.top_p * sorted_p.sum()
+        keep[order[0]] = True  # the most likely token always stays, also when top_p * sum rounds to 0 (top_p 1e-300)
         probs = torch.where(keep, probs, 0.0)
     if params.min_p > 0.0:
         probs = torch.where(probs >= params.min_p * probs.max(), probs, 0.0)
