@@ -4,10 +4,10 @@ complete, correct result or fails / is skipped with a clear message) and the nex
 same destination cleans the stale partial output and completes, training resumes from the last complete
 checkpoint, a restarted engine drops dead writers' temporary files, ignores damaged ones and serves.
 
-One driver subprocess per case (`python tests/test_crash_safety.py JOB`) imports dsv4 once, times a complete run,
-then forks a fresh process per kill moment (a fraction of that time) and SIGKILLs it there; a last kind of moment
-is "just before the k-th rename" (the child kills itself inside os.replace), where a finished temporary file or
-directory is left behind. The checks run here, in the test process.
+A driver subprocess (`python tests/test_crash_safety.py`, one for the module: dsv4 is imported once) takes each
+case's job: it times a complete run, then forks a fresh process per kill moment (a seeded fraction of that time)
+and SIGKILLs it there; another kind of moment is "just before the k-th rename" (the child kills itself inside
+os.replace), which leaves a finished temporary file or directory behind. The checks run here, in the test process.
 """
 import functools
 import json
@@ -91,12 +91,15 @@ def _engine_work(directory: str, prompts: list[list[int]]) -> None:
 WORK = {"convert": _convert_work, "train": _train_work, "checkpoint": _checkpoint_work, "engine": _engine_work}
 
 
-def _fork(work, kwargs: dict, die_at_replace: int = 0) -> int:
+def _fork(work, kwargs: dict, log: str, die_at_replace: int = 0) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # the child's stdout and stderr
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
         if die_at_replace:
             _die_at_replace(die_at_replace)
         work(**kwargs)
@@ -149,7 +152,7 @@ def driver(job: dict) -> dict:
         _engine_model()  # built once, before the forks
     work, (ref_glob, target_glob) = WORK[job["work"]], job.get("writes", ("", ""))
     start = time.perf_counter()
-    pid = _fork(work, job["reference"])
+    pid = _fork(work, job["reference"], job["log"])
     before = _appears(pid, ref_glob) if ref_glob else 0.0
     if _exit_code(pid) != 0:
         raise RuntimeError("the reference run failed")
@@ -157,28 +160,57 @@ def driver(job: dict) -> dict:
     kills = []
     for moment in job["moments"]:
         replace = moment.get("replace", 0) if isinstance(moment, dict) else 0
-        pid = _fork(work, job["target"], replace)
+        pid = _fork(work, job["target"], job["log"], replace)
         if not replace:
             if target_glob:
                 _appears(pid, target_glob.format(pid=pid))
             time.sleep(moment * seconds)
             os.kill(pid, signal.SIGKILL)
         kill = {"pid": pid, "moment": moment, "exit": _exit_code(pid)}
-        if kill["exit"] == 0 and job.get("remove_finished"):  # done before its kill: check it, start over
-            finished = Path(job["remove_finished"])
+        finished = Path(job.get("remove_finished", ""))
+        if job.get("remove_finished") and finished.exists():  # renamed before the kill: check it, start over
             kill["whole"] = same_tree(finished, Path(job["reference"]["dst"]))
             shutil.rmtree(finished) if finished.is_dir() else finished.unlink()
         kills.append(kill)
     return {"seconds": seconds, "kills": kills}
 
 
-def run_driver(job: dict, tmp_path: Path) -> dict:
-    """Run the driver in a subprocess; its report (see `driver`)."""
-    report = tmp_path / "report.json"
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(job), str(report)],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and report.exists(), out.stderr[-3000:]
-    return json.loads(report.read_text())
+def serve_jobs() -> None:
+    """The driver subprocess: one JSON job per stdin line, one JSON report per stdout line (or {"error": ...})."""
+    def timeout(*_):
+        raise TimeoutError("job ran past 120 s")
+    signal.signal(signal.SIGALRM, timeout)
+    for line in sys.stdin:
+        signal.alarm(120)
+        try:
+            report = driver(json.loads(line))
+        except Exception:
+            report = {"error": traceback.format_exc()}
+        signal.alarm(0)
+        print(json.dumps(report), flush=True)
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory):
+    """run(job, tmp_path) -> the report of `driver(job)`, run by one driver subprocess for the whole module (it
+    imports dsv4 once); the children's output goes to tmp_path/children.log."""
+    log = tmp_path_factory.mktemp("driver") / "driver.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve())], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+
+    def run(job: dict, tmp_path: Path) -> dict:
+        job["log"] = str(tmp_path / "children.log")
+        proc.stdin.write(json.dumps(job) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line, f"the driver died: {log.read_text()[-3000:]}"
+        report = json.loads(line)
+        assert "error" not in report, report["error"] + Path(job["log"]).read_text()[-3000:]
+        return report
+    yield run
+    proc.stdin.close()
+    proc.wait(timeout=30)
 
 
 # ---- dsv4 convert ----
@@ -213,14 +245,13 @@ def assert_loads_whole_or_fails_by_name(path: Path, reference: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", ["", ".gguf"], ids=["directory", "gguf"])
-def test_a_killed_convert_leaves_no_output_and_the_next_convert_cleans_up_and_completes(official, tmp_path, suffix):
+def test_a_killed_convert_leaves_no_output_and_the_next_one_cleans_up_and_completes(official, tmp_path, suffix, drive):
     ref, dst = tmp_path / f"ref{suffix}", tmp_path / f"out{suffix}"
     writes = [str(tmp_path / f".{ref.name}.partial-*"), str(tmp_path / f".{dst.name}.partial-{{pid}}")]
-    report = run_driver({"work": "convert", "reference": {"src": str(official), "dst": str(ref)},
-                         "target": {"src": str(official), "dst": str(dst)}, "remove_finished": str(dst),
-                         "writes": writes,
-                         "moments": moments(3, salt=len(suffix)) + [{"replace": 1}]}, tmp_path)
-    assert all(k["whole"] for k in report["kills"] if k["exit"] == 0), report  # finished before its kill: whole
+    report = drive({"work": "convert", "reference": {"src": str(official), "dst": str(ref)},
+                    "target": {"src": str(official), "dst": str(dst)}, "remove_finished": str(dst),
+                    "writes": writes, "moments": moments(3, salt=len(suffix)) + [{"replace": 1}]}, tmp_path)
+    assert all(k.get("whole", True) for k in report["kills"]), report  # renamed before its kill: whole
     assert report["kills"][-1]["exit"] is None and not dst.exists()
     left = partials(tmp_path, dst.name)
     assert len(left) == 1, left  # the last convert removed the killed ones' partial outputs; its own is left
@@ -257,10 +288,10 @@ def _train_args(root: Path, out: str) -> list[str]:
             "--resume"]
 
 
-def test_a_killed_training_run_resumes_from_its_last_complete_checkpoint(train_setup, tmp_path):
-    report = run_driver({"work": "train", "reference": {"args": _train_args(train_setup, "whole")},
-                         "target": {"args": _train_args(train_setup, "killed")},
-                         "moments": [{"replace": 3}] + moments(2, salt=10)}, tmp_path)
+def test_a_killed_training_run_resumes_from_its_last_complete_checkpoint(train_setup, tmp_path, drive):
+    report = drive({"work": "train", "reference": {"args": _train_args(train_setup, "whole")},
+                    "target": {"args": _train_args(train_setup, "killed")},
+                    "moments": [{"replace": 3}] + moments(2, salt=10)}, tmp_path)
     assert report["kills"][0]["exit"] is None, report  # died with its step-2 checkpoint written, not renamed
     ckpt = train_setup / "killed" / CHECKPOINT
     steps = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0  # complete, whatever the moment
@@ -272,16 +303,18 @@ def test_a_killed_training_run_resumes_from_its_last_complete_checkpoint(train_s
     assert [p.name for p in (train_setup / "killed").iterdir() if "ckpt.pt" in p.name] == ["ckpt.pt"]
 
 
-def test_a_checkpoint_killed_while_being_written_leaves_the_previous_one_whole(tmp_path):
+def test_a_checkpoint_killed_while_being_written_leaves_the_previous_one_whole(tmp_path, drive):
     path = tmp_path / "ckpt.pt"
-    report = run_driver({"work": "checkpoint", "reference": {"path": str(tmp_path / "ref.pt"), "n": 12},
-                         "target": {"path": str(path), "n": 40},
-                         "moments": moments(4, salt=20) + [{"replace": 2}]}, tmp_path)
+    report = drive({"work": "checkpoint", "reference": {"path": str(tmp_path / "ref.pt"), "n": 12},
+                    "target": {"path": str(path), "n": 40},
+                    "moments": moments(4, salt=20) + [{"replace": 2}]}, tmp_path)
     for kill in report["kills"]:
         assert kill["exit"] is None, kill  # every moment fell inside the writes
     state = load_checkpoint(path)
     assert torch.equal(state["w"], torch.full((1 << 20,), float(state["step"])))  # one whole step, not a mix
-    save_checkpoint({"step": 0, "w": torch.zeros(1)}, path)  # the next run's save
+    with pytest.warns(RuntimeWarning, match=rf"removed {tmp_path}/\.ckpt\.pt\.tmp{report['kills'][-1]['pid']}: an "
+                                            "unfinished write"):
+        save_checkpoint({"step": 0, "w": torch.zeros(1)}, path)  # the next run's save
     assert [p.name for p in tmp_path.iterdir() if "ckpt.pt" in p.name] == ["ckpt.pt"]  # stale temporaries removed
 
 
@@ -307,13 +340,13 @@ def cache_file(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
 
 
-def test_an_engine_killed_during_cache_writes_restarts_ignoring_damage_and_serves(tmp_path):
+def test_an_engine_killed_during_cache_writes_restarts_ignoring_damage_and_serves(tmp_path, drive):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
     prompts = _prompts(5, seed=SEED)
-    report = run_driver({"work": "engine", "reference": {"directory": str(ref_dir), "prompts": prompts},
-                         "target": {"directory": str(kill_dir), "prompts": prompts},
-                         "moments": moments(2, salt=30) + [{"replace": 3}]}, tmp_path)
-    assert report["kills"][-1]["exit"] is None
+    report = drive({"work": "engine", "reference": {"directory": str(ref_dir), "prompts": prompts},
+                    "target": {"directory": str(kill_dir), "prompts": prompts},
+                    "moments": [{"replace": 3}] + moments(2, salt=30)}, tmp_path)
+    assert report["kills"][0]["exit"] is None  # died with a finished cache file not yet renamed
     model = random_model(seed=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -328,8 +361,9 @@ def test_an_engine_killed_during_cache_writes_restarts_ignoring_damage_and_serve
         assert all(torch.allclose(tensors[k], ref_tensors[k], rtol=1e-4, atol=1e-5) for k in tensors), name
         assert store.load(tuple(tensors["tokens"].tolist())) is not None, name
     said = [str(w.message) for w in caught if w.category is RuntimeWarning]
-    assert any(f"process {report['kills'][-1]['pid']}, which is no longer running" in m for m in said), said
     assert all("prefix cache: ignoring" in m or "no longer running" in m for m in said), said
+    restarts = (tmp_path / "children.log").read_text() + "\n".join(said)  # the next start-up removed its file
+    assert f"process {report['kills'][0]['pid']}, which is no longer running" in restarts
     e = Engine(model, EngineConfig(prefill_chunk=8, eos_ids=NO_EOS, prefix_cache_dir=str(kill_dir)))
     plain = Engine(model, EngineConfig(prefill_chunk=8, eos_ids=NO_EOS, prefix_cache_bytes=0))
     for prompt in prompts[:2]:
@@ -360,4 +394,4 @@ def test_a_turn_recorded_after_a_torn_last_line_survives_a_restart(tmp_path, cap
 
 
 if __name__ == "__main__":  # the driver subprocess
-    Path(sys.argv[2]).write_text(json.dumps(driver(json.loads(sys.argv[1]))))
+    serve_jobs()

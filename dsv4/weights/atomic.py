@@ -21,7 +21,8 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     dst = Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst}: already exists; choose a new destination")
-    remove_stale(dst.parent, re.compile(rf"\.{re.escape(dst.name)}\.partial-(?P<pid>\d+)"), warn_running=True)
+    remove_stale(dst.parent, re.compile(rf"\.{re.escape(dst.name)}\.partial-(?P<pid>\d+)"), warn_running=True,
+                 stacklevel=4)  # the warnings name the caller's `with atomic_path(...)` line
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     try:
         yield tmp
@@ -33,10 +34,10 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale(directory: Path, pattern: re.Pattern, warn_running: bool = False) -> list[Path]:
+def remove_stale(directory: Path, pattern: re.Pattern, warn_running: bool = False, stacklevel: int = 3) -> list[Path]:
     """Remove the entries of `directory` whose names fullmatch `pattern` (its group `pid`: the writer's process id)
     and whose writer is no longer running, each with a warning; returns them. An entry whose writer still runs is
-    left alone (with a warning if `warn_running`)."""
+    left alone (with a warning if `warn_running`). `stacklevel` as in warnings.warn, from this function."""
     removed = []
     for path in sorted(directory.glob(".*")) if directory.is_dir() else []:
         m = pattern.fullmatch(path.name)
@@ -46,12 +47,12 @@ def remove_stale(directory: Path, pattern: re.Pattern, warn_running: bool = Fals
         if writer_alive(pid):
             if warn_running:
                 warnings.warn(f"{path}: left alone, its writer (process {pid}) is still running", RuntimeWarning,
-                              stacklevel=3)
+                              stacklevel=stacklevel)
             continue
         _remove(path)
         removed.append(path)
         warnings.warn(f"removed {path}: an unfinished write by process {pid}, which is no longer running",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=stacklevel)
     return removed
 
 
