@@ -22,6 +22,12 @@ def register(subparsers) -> None:
     p.add_argument("--model-name", help="the id clients send as `model` (default: the model directory's name)")
     p.add_argument("--max-running", type=int, default=16, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before answering 429")
+    p.add_argument("--max-body-bytes", type=int, default=32 * 2**20, metavar="N", help="larger request bodies are "
+                   "answered 413 (default 32 MiB; agent requests are ~100 KB, long contexts MBs)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S", help="a request head or body not in "
+                   "after S seconds is cut (slow or stuck clients), as is a client that stops reading an answer")
+    p.add_argument("--max-connections", type=int, default=1024, metavar="N", help="open connections at once; "
+                   "past N, new ones are answered 503")
     p.set_defaults(func=run)
 
 
@@ -34,10 +40,13 @@ def responses_dir(args) -> Path:
 
 
 def run(args) -> int:
-    if args.max_output_tokens is not None and args.max_output_tokens < 1:
-        return request_error("serve", ValueError(f"--max-output-tokens: expected a positive number, found "
-                                                 f"{args.max_output_tokens}"))
+    for flag in ("max_output_tokens", "max_body_bytes", "body_timeout", "max_connections"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            return request_error("serve", ValueError(f"--{flag.replace('_', '-')}: expected a positive number, "
+                                                     f"found {value}"))
     try:
+        from dsv4.server.app import HTTPLimits
         from dsv4.server.run import make_state, serve  # fastapi/uvicorn only when serving
     except ImportError as e:
         return request_error("serve", ImportError(f"{e.msg}; install the server extra: pip install 'dsv4[serve]'"))
@@ -54,5 +63,8 @@ def run(args) -> int:
                            max_output_tokens=args.max_output_tokens, responses_dir=responses_dir(args))
     except ValueError as e:
         return request_error("serve", e)
-    serve(state, args.host, args.port)
+    limits = HTTPLimits(max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout,
+                        head_timeout_s=args.body_timeout, stall_timeout_s=args.body_timeout,
+                        max_connections=args.max_connections)
+    serve(state, args.host, args.port, limits)
     return 0

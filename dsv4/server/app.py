@@ -4,13 +4,21 @@ Routes (each also without /v1): POST /v1/chat/completions, POST /v1/completions,
 /v1/messages/count_tokens (Anthropic), POST /v1/responses, GET/DELETE /v1/responses/{id} (OpenAI Responses),
 GET /v1/models; GET /health, GET /metrics. With an API key, the API routes need `Authorization: Bearer KEY` or
 `x-api-key: KEY` (what the Anthropic clients send); errors come in the shape of the API called.
+
+Limits (`HTTPLimits`): a body over `max_body_bytes` is answered 413 and one slower than `body_timeout_s` 408; a
+body must be JSON nested at most `MAX_JSON_DEPTH` deep, without lone surrogates. /openapi.json describes every
+request body (the routes parse them by hand: any Content-Type is read as JSON) and each API's error shape.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
@@ -19,31 +27,94 @@ from dsv4.offload import offload_stats
 from dsv4.server.chat import chat_completions
 from dsv4.server.completions import completions
 from dsv4.server import messages_api, responses_api
-from dsv4.server.errors import APIError, install_handlers, invalid_body
+from dsv4.server.errors import APIError, install_handlers, invalid_body, is_anthropic
 from dsv4.server.schemas import ChatRequest, CompletionRequest
 from dsv4.server.state import ServerState
 
 _OPEN = ("/health", "/metrics")
+MAX_JSON_DEPTH = 100  # tool schemas nest a few levels; deeper is an attack on the parsers' recursion
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone halves of a UTF-16 pair: valid JSON escapes, not Unicode text
+_MAYBE_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]|\xed[\xa0-\xbf]")  # escaped, or raw (json.loads lets them by)
 
 
-def create_app(state: ServerState) -> FastAPI:
+@dataclass(frozen=True)
+class HTTPLimits:
+    """What one client may hold. Body: size and time to arrive (`BodyLimits`); the rest is the HTTP protocol's
+    (`run.GuardedH11`): time to send a request head, time the server waits on a client that stopped reading an
+    answer, idle keep-alive, and connections at once (uvicorn answers 503 past it)."""
+
+    max_body_bytes: int = 32 * 2**20  # Claude Code's requests are ~80 KB; long-context ones reach MBs
+    body_timeout_s: float = 60.0
+    head_timeout_s: float = 30.0
+    stall_timeout_s: float = 60.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 1024
+
+
+def create_app(state: ServerState, limits: HTTPLimits = HTTPLimits()) -> FastAPI:
     app = FastAPI(title="dsv4", docs_url=None, redoc_url=None)
     app.state.dsv4 = state
     install_handlers(app)
 
-    app.add_middleware(AuthAndCount, state=state)
+    app.add_middleware(BodyLimits, limits=limits)
+    app.add_middleware(AuthAndCount, state=state)  # outermost: counts every answer, the limits' too
     for prefix in ("/v1", ""):
-        app.post(f"{prefix}/chat/completions")(_chat)
-        app.post(f"{prefix}/completions")(_completions)
-        app.get(f"{prefix}/models")(_models)
-        app.post(f"{prefix}/messages")(_messages)
-        app.post(f"{prefix}/messages/count_tokens")(_count_tokens)
-        app.post(f"{prefix}/responses")(_responses)
-        app.get(f"{prefix}/responses/{{rid}}")(_stored_response)
-        app.delete(f"{prefix}/responses/{{rid}}")(_delete_response)
+        shown = prefix == "/v1"  # the aliases without /v1 run the same code: documented once
+        app.post(f"{prefix}/chat/completions", include_in_schema=shown)(_chat)
+        app.post(f"{prefix}/completions", include_in_schema=shown)(_completions)
+        app.get(f"{prefix}/models", include_in_schema=shown)(_models)
+        app.post(f"{prefix}/messages", include_in_schema=shown)(_messages)
+        app.post(f"{prefix}/messages/count_tokens", include_in_schema=shown)(_count_tokens)
+        app.post(f"{prefix}/responses", include_in_schema=shown)(_responses)
+        app.get(f"{prefix}/responses/{{rid}}", include_in_schema=shown)(_stored_response)
+        app.delete(f"{prefix}/responses/{{rid}}", include_in_schema=shown)(_delete_response)
     app.get("/health")(_health)
     app.get("/metrics")(_metrics)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+_OPENAI_ERROR = {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
+    "error": {"type": "object", "required": ["message", "type", "param", "code"], "additionalProperties": False,
+              "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                             "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+_ANTHROPIC_ERROR = {"type": "object", "required": ["type", "error"], "additionalProperties": False, "properties": {
+    "type": {"const": "error"},
+    "error": {"type": "object", "required": ["type", "message"], "additionalProperties": False,
+              "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}}}
+_BODIES = {"/v1/chat/completions": ChatRequest, "/v1/completions": CompletionRequest,
+           "/v1/messages": messages_api.MessagesRequest, "/v1/messages/count_tokens": messages_api.CountTokensRequest,
+           "/v1/responses": responses_api.ResponsesRequest}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document plus what it cannot see: each request body's schema (`model`: the served name) and
+    every error (`4XX`) in its API's shape."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(OpenAIError=_OPENAI_ERROR, AnthropicError=_ANTHROPIC_ERROR)
+        for path, operations in doc["paths"].items():
+            for method, op in operations.items():
+                op["responses"].pop("422", None)  # FastAPI's validation answer: ours is a 400 (errors.py)
+                error = _ref("AnthropicError" if is_anthropic(path) else "OpenAIError")
+                op["responses"]["4XX"] = {"description": "error", "content": {"application/json": {"schema": error}}}
+                model = _BODIES.get(path) if method == "post" else None
+                if model is not None:
+                    body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                    schemas.update(body.pop("$defs", {}))
+                    body["properties"]["model"] = {"type": "string", "enum": [app.state.dsv4.model_name]}
+                    schemas[model.__name__] = body
+                    op["requestBody"] = {"required": True,
+                                         "content": {"application/json": {"schema": _ref(model.__name__)}}}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 class AuthAndCount:
@@ -77,20 +148,97 @@ class AuthAndCount:
             self.state.metrics.request(path, status)
 
 
+class BodyLimits:
+    """ASGI middleware: a body declared or found larger than `max_body_bytes` is answered 413, one not in after
+    `body_timeout_s` 408 (a client trickling or stalling its body cannot hold a request). `receive` is passed
+    through untouched once the body is in, so `Request.is_disconnected()` still sees a client leave."""
+
+    def __init__(self, app, limits: HTTPLimits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cap, timeout = self.limits.max_body_bytes, self.limits.body_timeout_s
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return await _too_large(int(declared), cap).response(scope["path"])(scope, receive, send)
+        deadline, received, done = time.monotonic() + timeout, 0, False
+
+        async def limited():
+            nonlocal received, done
+            if done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                raise APIError(408, f"request body not received within {timeout:g} s", code="request_timeout",
+                               type="timeout_error") from None
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise _too_large(received, cap)
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(size: int, cap: int) -> APIError:
+    return APIError(413, f"request body too large: {size} bytes > {cap} maximum (dsv4 serve --max-body-bytes)",
+                    code="request_too_large")
+
+
 def _state(request: Request) -> ServerState:
     return request.app.state.dsv4
 
 
 async def parse_body(request: Request, schema: type[BaseModel]) -> BaseModel:
     """The JSON body validated by `schema`, whatever the Content-Type header says (curl -d sends a form type)."""
+    body = await request.body()
     try:
-        raw = json.loads(await request.body())
+        raw = json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:  # not JSON, or not UTF-8
         raise APIError(400, f"invalid request body: not JSON ({e})") from None
+    check_json(raw, body)
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
         raise invalid_body(e.errors()) from None
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def check_json(value: object, raw: bytes) -> None:
+    """A 400 for JSON nested deeper than `MAX_JSON_DEPTH` (iteratively: the check must not recurse itself) or a
+    string holding a lone surrogate (searched for only when `raw` has a surrogate escape or its bytes)."""
+    containers = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while containers:
+        item, depth = containers.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        containers.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    if _MAYBE_SURROGATE.search(raw) and (where := _surrogate_at(value, "")) is not None:
+        raise APIError(400, f"{where or 'body'}: lone UTF-16 surrogate in a string (not valid Unicode text)",
+                       param=where or None)
+
+
+def _surrogate_at(value: object, where: str) -> str | None:
+    """The request field (`messages[0].content`) of the first string, key or value, with a lone surrogate."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    pairs = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in pairs:
+        name = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return name
+        if (found := _surrogate_at(child, name)) is not None:
+            return found
+    return None
 
 
 async def _chat(request: Request):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from dsv4.chat import ChatRequestError
 from dsv4.engine import ContextLengthError, EngineError, QueueFullError, SamplingError
@@ -16,14 +18,15 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
+        message, param = _printable(message), param and _printable(param)  # they may quote the request's text
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
-    def response(self, path: str = "") -> JSONResponse:
+    def response(self, path: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
         if is_anthropic(path):
-            return JSONResponse(self.anthropic_body(), status_code=self.anthropic_status)
+            return JSONResponse(self.anthropic_body(), status_code=self.anthropic_status, headers=headers)
         body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+        return JSONResponse({"error": body}, status_code=self.status, headers=headers)
 
     @property
     def anthropic_status(self) -> int:
@@ -39,6 +42,11 @@ class APIError(Exception):
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
                     529: "overloaded_error"}
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates escaped (`\\udfff`): UTF-8, and so JSON, cannot carry them."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_anthropic(path: str) -> bool:
@@ -59,6 +67,13 @@ def from_library(exc: Exception, prompt_param: str = "messages") -> APIError:
     raise exc
 
 
+def expect_string(where: str, value: object) -> str:
+    """`value` if it is a string, else a 400 naming the request field `where`."""
+    if not isinstance(value, str):
+        raise APIError(400, f"{where}: expected a string, found {type(value).__name__}", param=where)
+    return value
+
+
 def invalid_body(errors: list[dict]) -> APIError:
     """A 400 naming the first offending field of a schema validation."""
     first = errors[0] if errors else {}
@@ -75,6 +90,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError):
         return invalid_body(list(exc.errors())).response(request.url.path)
 
+    @app.exception_handler(ValidationError)  # an internal request built from a valid body (Messages, Responses)
+    async def _invalid_internal(request: Request, exc: ValidationError):
+        return invalid_body(exc.errors()).response(request.url.path)
+
     @app.exception_handler(EngineError)
     async def _engine(request: Request, exc: EngineError):
         return from_library(exc).response(request.url.path)
@@ -83,7 +102,16 @@ def install_handlers(app: FastAPI) -> None:
     async def _chat(request: Request, exc: ChatRequestError):
         return from_library(exc).response(request.url.path)
 
-    @app.exception_handler(404)
-    async def _not_found(request: Request, exc: Exception):
-        return APIError(404, f"no route {request.method} {request.url.path}", code="not_found").response(
+    @app.exception_handler(HTTPException)  # routing's 404 and 405, in the API's shape
+    async def _http(request: Request, exc: HTTPException):
+        path, status = request.url.path, exc.status_code
+        message = {404: f"no route {request.method} {path}",
+                   405: f"method {request.method} not allowed on {path} (allowed: {(exc.headers or {}).get('Allow')})"
+                   }.get(status, str(exc.detail))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        return APIError(status, message, code=code).response(path, exc.headers)
+
+    @app.exception_handler(Exception)  # a bug: still answered in the API's shape; uvicorn logs the traceback
+    async def _bug(request: Request, exc: Exception):
+        return APIError(500, f"internal error ({type(exc).__name__}); see the server log", "server_error").response(
             request.url.path)

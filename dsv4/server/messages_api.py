@@ -25,24 +25,59 @@ from pydantic import Field
 from dsv4.server import responses as R
 from dsv4.server.blocks import REASONING, TEXT, Block, Blocks, streamed_blocks, whole_blocks
 from dsv4.server.chat import ChatRun, start_chat
-from dsv4.server.errors import APIError
-from dsv4.server.schemas import ChatRequest, _Body
+from dsv4.server.errors import APIError, expect_string
+from dsv4.server.schemas import INT64_MAX, ChatRequest, Count, _Body, documented
 from dsv4.server.state import ServerState
 from dsv4.server.translate import chat_prompt, chat_tools, thinking_mode
 
 
+_TEXT = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"},
+                                                                       "text": {"type": "string"}}}
+_THINKING_BLOCK = {"type": "object", "required": ["type", "thinking"],
+                   "properties": {"type": {"const": "thinking"}, "thinking": {"type": "string"},
+                                  "signature": {"type": "string"}}}
+_TOOL_USE = {"type": "object", "required": ["type", "id", "name", "input"],
+             "properties": {"type": {"const": "tool_use"}, "id": {"type": "string"},
+                            "name": {"type": "string", "minLength": 1}, "input": {"type": "object"}}}
+_TOOL_RESULT = {"type": "object", "required": ["type", "tool_use_id"],
+                "properties": {"type": {"const": "tool_result"}, "tool_use_id": {"type": "string"},
+                               "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT}]}}}
+
+
+def _turn(role: str, *blocks: dict) -> dict:
+    content = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": list(blocks)}}]}
+    return {"type": "object", "required": ["role", "content"],
+            "properties": {"role": {"const": role}, "content": content}}
+
+
+_MESSAGE_DOC = {"minItems": 1, "items": {"anyOf": [_turn("user", _TEXT, _TOOL_RESULT),
+                                                   _turn("assistant", _TEXT, _THINKING_BLOCK, _TOOL_USE)]}}
+_SYSTEM_DOC = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT}, {"type": "null"}]}
+_TOOLS_DOC = {"items": {"type": "object", "required": ["name", "input_schema"],
+                        "properties": {"name": {"type": "string"}, "description": {"type": "string"},
+                                       "input_schema": {"type": "object"}}}}
+_THINKING_DOC = {"type": "object", "required": ["type"],
+                 "properties": {"type": {"enum": ["enabled", "disabled", "adaptive"]},
+                                "budget_tokens": {"type": "integer", "minimum": 0}}}
+_TOOL_CHOICE_DOC = {"type": "object", "required": ["type"],
+                    "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}, "name": {"type": "string"},
+                                   "disable_parallel_tool_use": {"type": "boolean"}}}
+
+
 class MessagesRequest(_Body):
+    """Field schemas (`json_schema_extra`) document what `to_chat` accepts; it checks them itself, by name."""
+
     model: str
-    messages: list[dict[str, Any]]
-    max_tokens: int = Field(ge=1)
-    system: str | list[dict[str, Any]] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: dict[str, Any] | None = None
-    thinking: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] = Field(json_schema_extra=_MESSAGE_DOC)
+    max_tokens: Count = Field(ge=1)
+    system: str | list[dict[str, Any]] | None = Field(default=None, json_schema_extra=_SYSTEM_DOC)
+    tools: list[dict[str, Any]] | None = Field(default=None, json_schema_extra=_TOOLS_DOC)
+    tool_choice: dict[str, Any] | None = Field(default=None, json_schema_extra=_TOOL_CHOICE_DOC)
+    thinking: dict[str, Any] | None = Field(default=None, json_schema_extra=_THINKING_DOC)
     stop_sequences: list[str] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    temperature: float | None = Field(None, **documented(minimum=0, maximum=1))
+    top_p: float | None = Field(None, **documented(exclusiveMinimum=0, maximum=1))
+    top_k: Count | None = Field(None, **documented(minimum=0))
     stream: bool = False
     metadata: dict[str, Any] | None = None
 
@@ -62,7 +97,9 @@ def to_chat(body: MessagesRequest) -> ChatRequest:
         raise APIError(400, f"thinking.type: expected enabled, disabled or adaptive, found {kind!r}",
                        param="thinking.type")
     budget = thinking.get("budget_tokens") if kind == "enabled" else None
-    if budget is not None and (not isinstance(budget, int) or budget < 0):
+    if isinstance(budget, float) and budget.is_integer():  # 1024.0 is an integer to JSON Schema
+        budget = int(budget)
+    if budget is not None and (type(budget) is not int or not 0 <= budget <= INT64_MAX):
         raise APIError(400, f"thinking.budget_tokens: expected a non-negative integer, found {budget!r}",
                        param="thinking.budget_tokens")
     return ChatRequest(
@@ -91,10 +128,11 @@ def _user(where: str, blocks: list) -> list[dict]:
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
+            text = expect_string(f"{where}.content[{j}].text", block.get("text", ""))
             if out and out[-1]["role"] == "user":
-                out[-1]["content"] += "\n\n" + block.get("text", "")
+                out[-1]["content"] += "\n\n" + text
             else:
-                out.append({"role": "user", "content": block.get("text", "")})
+                out.append({"role": "user", "content": text})
         elif kind == "tool_result":
             out.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
                         "content": _text(f"{where}.content[{j}].content", block.get("content"))})
@@ -109,9 +147,9 @@ def _assistant(where: str, blocks: list) -> list[dict]:
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "thinking":
-            reasoning.append(block.get("thinking", ""))
+            reasoning.append(expect_string(f"{where}.content[{j}].thinking", block.get("thinking", "")))
         elif kind == "text":
-            text.append(block.get("text", ""))
+            text.append(expect_string(f"{where}.content[{j}].text", block.get("text", "")))
         elif kind == "tool_use":
             calls.append({"id": block.get("id"), "type": "function",
                           "function": {"name": block.get("name"), "arguments": block.get("input") or {}}})
@@ -131,9 +169,10 @@ def _text(where: str, content: object) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
-        return "\n\n".join(b.get("text", "") for b in content)
+        return "\n\n".join(expect_string(f"{where}[{j}].text", b.get("text", "")) for j, b in enumerate(content))
     raise APIError(400, f"{where}: expected a string or a list of text blocks (this model reads text only)",
                    param=where)
+
 
 
 def _tools(tools: list[dict] | None) -> list[dict] | None:

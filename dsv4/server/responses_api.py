@@ -19,28 +19,65 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from pydantic import ConfigDict, Field
 
 from dsv4.chat import merge_deltas
 from dsv4.server import responses as R
 from dsv4.server.blocks import REASONING, TEXT, Block, Blocks, streamed_blocks, whole_blocks
 from dsv4.server.chat import ChatRun, start_chat
-from dsv4.server.errors import APIError
-from dsv4.server.schemas import ChatRequest, _Body
+from dsv4.server.errors import APIError, expect_string
+from dsv4.server.schemas import FUNCTION_DOC, ChatRequest, Count, _Body, documented
 from dsv4.server.state import ServerState
 
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"enum": ["input_text", "output_text"]}, "text": {"type": "string"}}}
+_INPUT_DOC = {"type": "array", "minItems": 1, "items": {"anyOf": [
+    {"type": "object", "required": ["role", "content"],
+     "properties": {"type": {"const": "message"}, "role": {"enum": ["user", "assistant", "system", "developer"]},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"],
+     "properties": {"type": {"const": "function_call"}, "call_id": {"type": "string"}, "name": {"type": "string"},
+                    "arguments": {"type": "string", "contentMediaType": "application/json"}}},
+    {"type": "object", "required": ["type", "call_id", "output"],
+     "properties": {"type": {"const": "function_call_output"}, "call_id": {"type": "string"},
+                    "output": {"type": "string"}}},
+    {"type": "object", "required": ["type"],
+     "properties": {"type": {"const": "reasoning"}, "encrypted_content": {"type": "string"},
+                    "content": {"type": "array", "items": {
+                        "type": "object", "properties": {"type": {"const": "reasoning_text"},
+                                                         "text": {"type": "string"}}}}}}]}}
+_TOOLS_DOC = {"items": {**FUNCTION_DOC, "required": ["type", "name"],
+                        "properties": {**FUNCTION_DOC["properties"], "type": {"const": "function"}}}}
+
+
+class ResponsesReasoning(_Body):
+    effort: str | None = None
+    summary: str | None = None
+
+
+class ResponsesText(_Body):
+    """`format`: {"type": "text" | "json_object" | "json_schema", ...}, checked by the chat layer; other keys
+    (`verbosity`) are kept, to be echoed in the reply."""
+
+    model_config = ConfigDict(extra="allow")
+    format: dict[str, Any] | None = None
+
+
 class ResponsesRequest(_Body):
+    """Field schemas (`json_schema_extra`) document what `input_messages` accepts; it checks them itself."""
+
     model: str
-    input: str | list[dict[str, Any]]
+    input: str | list[dict[str, Any]] = Field(json_schema_extra={"anyOf": [{"type": "string"}, _INPUT_DOC]})
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, json_schema_extra=_TOOLS_DOC)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
-    reasoning: dict[str, Any] | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    text: dict[str, Any] | None = None
+    reasoning: ResponsesReasoning | None = None
+    max_output_tokens: Count | None = Field(None, **documented(minimum=1))
+    temperature: float | None = Field(None, **documented(minimum=0, maximum=100))
+    top_p: float | None = Field(None, **documented(exclusiveMinimum=0, maximum=1))
+    text: ResponsesText | None = None
     stream: bool = False
     store: bool = True
     previous_response_id: str | None = None
@@ -65,8 +102,8 @@ def to_chat(state: ServerState, body: ResponsesRequest) -> tuple[ChatRequest, li
     items = [{"type": "message", "role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
     conversation = history + input_messages(items)
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    effort = (body.reasoning or {}).get("effort")
-    fmt = (body.text or {}).get("format")
+    effort = body.reasoning.effort if body.reasoning else None
+    fmt = body.text.format if body.text else None
     return ChatRequest(
         model=body.model, messages=system + conversation, max_tokens=body.max_output_tokens,
         temperature=body.temperature, top_p=body.top_p, stream=body.stream, tools=_tools(body.tools),
@@ -109,7 +146,7 @@ def input_messages(items: list[dict]) -> list[dict]:
                         "content": _text(f"{where}.output", item.get("output"))})
         elif kind == "reasoning":
             turn = assistant("reasoning")
-            turn["reasoning_content"] = turn.get("reasoning_content", "") + _reasoning_text(item)
+            turn["reasoning_content"] = turn.get("reasoning_content", "") + _reasoning_text(where, item)
         else:
             raise APIError(400, f"{where}.type: expected message, function_call, function_call_output or reasoning, "
                                 f"found {kind!r}", param=f"{where}.type")
@@ -124,9 +161,9 @@ def _text(where: str, content: object) -> str:
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-                texts.append(part.get("text", ""))
+                texts.append(expect_string(f"{where}[{j}].text", part.get("text", "")))
             elif kind == "refusal":
-                texts.append(part.get("refusal", ""))
+                texts.append(expect_string(f"{where}[{j}].refusal", part.get("refusal", "")))
             else:
                 raise APIError(400, f"{where}[{j}]: expected a text part (this model reads text only), found type "
                                     f"{kind!r}", param=f"{where}[{j}]")
@@ -134,17 +171,28 @@ def _text(where: str, content: object) -> str:
     raise APIError(400, f"{where}: expected a string or a list of text parts", param=where)
 
 
-def _reasoning_text(item: dict) -> str:
+def _reasoning_text(where: str, item: dict) -> str:
     """The text of a reasoning item: its reasoning_text content, our own encrypted_content, or its summary."""
     if item.get("content"):
-        return "".join(p.get("text", "") for p in item["content"] if isinstance(p, dict))
+        return _part_texts(f"{where}.content", item["content"])
     sealed = item.get("encrypted_content")
     if sealed:
         try:
-            return json.loads(base64.b64decode(sealed))["text"]
+            text = json.loads(base64.b64decode(sealed))["text"]
+            if isinstance(text, str):
+                return text
         except (ValueError, KeyError, TypeError):
             pass  # another server's: nothing we can read
-    return "".join(p.get("text", "") for p in item.get("summary") or [] if isinstance(p, dict))
+    return _part_texts(f"{where}.summary", item.get("summary") or [])
+
+
+def _part_texts(where: str, parts: object) -> str:
+    """The joined `text` of a list of parts (parts without text add nothing)."""
+    if not isinstance(parts, list):
+        raise APIError(400, f"{where}: expected a list of parts, found {type(parts).__name__}", param=where)
+    return "".join(expect_string(f"{where}[{j}].text", p.get("text", "")) if isinstance(p, dict) else ""
+                   for j, p in enumerate(parts))
+
 
 
 def _tools(tools: list[dict] | None) -> list[dict] | None:
@@ -211,14 +259,15 @@ class ResponseRun:
                  "output_tokens": gen.generated,
                  "output_tokens_details": {"reasoning_tokens": choice.decoder.reasoning_tokens},
                  "total_tokens": len(gen.seq.prompt) + gen.generated} if done else None
+        text = b.text.model_dump(exclude_none=True) if b.text and b.text.format else {"format": {"type": "text"}}
         return {"id": self.rid, "object": "response", "created_at": self.created, "status": status,
                 "model": b.model, "output": output, "error": None,
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
                 "instructions": b.instructions, "max_output_tokens": b.max_output_tokens,
                 "parallel_tool_calls": b.parallel_tool_calls, "previous_response_id": b.previous_response_id,
-                "reasoning": {"effort": (b.reasoning or {}).get("effort"), "summary": None}, "store": b.store,
+                "reasoning": {"effort": b.reasoning and b.reasoning.effort, "summary": None}, "store": b.store,
                 "temperature": b.temperature, "top_p": b.top_p, "tool_choice": b.tool_choice or "auto",
-                "tools": b.tools or [], "text": b.text or {"format": {"type": "text"}}, "truncation": "disabled",
+                "tools": b.tools or [], "text": text, "truncation": "disabled",
                 "metadata": b.metadata or {}, "usage": usage}
 
     def status(self) -> str:

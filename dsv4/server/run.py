@@ -1,16 +1,19 @@
 """Running the server: in the foreground (`dsv4 serve`) or on a background thread (tests, embedding)."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dsv4.chat import load_tokenizer
 from dsv4.engine import Engine, EngineConfig, EngineLoop
 from dsv4.model.transformer import Transformer
-from dsv4.server.app import create_app
+from dsv4.server.app import HTTPLimits, create_app
 from dsv4.server.state import ServerState
 from dsv4.server.stored_responses import ResponseStore
 from dsv4.server.turns import TurnMemory
@@ -32,10 +35,56 @@ def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | N
                        responses=ResponseStore(responses_dir or (Path(directory) / "responses" if directory else None)))
 
 
-def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None:
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with the two deadlines it lacks: a request head must arrive within `head_timeout_s`
+    of the connection opening or of the previous answer (uvicorn times only idle keep-alive, so a client trickling
+    its headers, slowloris, held a connection for ever), and a client that stops reading an answer for
+    `stall_timeout_s` is cut: its request then sees a disconnect and `Generation.events` cancels the generation."""
+
+    def __init__(self, *args, limits: HTTPLimits, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._stall: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._expect_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._expect_head()
+
+    def pause_writing(self) -> None:  # the transport's buffer is full: the client is not reading
+        super().pause_writing()
+        self._stall = self.loop.call_later(self.limits.stall_timeout_s, self._cut)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+
+    def _expect_head(self) -> None:
+        cycle = self.cycle  # the last request; a new head makes a new cycle
+        self.loop.call_later(self.limits.head_timeout_s,
+                             lambda: self._cut() if self.cycle is cycle and (cycle is None or cycle.response_complete)
+                             else None)
+
+    def _cut(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+
+def server_config(app, limits: HTTPLimits, **kwargs) -> uvicorn.Config:
+    """uvicorn's config with `limits`: the guarded protocol, keep-alive and the connection bound."""
+    return uvicorn.Config(app, http=partial(GuardedH11, limits=limits), timeout_keep_alive=limits.keep_alive_s,
+                          limit_concurrency=limits.max_connections, **kwargs)
+
+
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, limits: HTTPLimits = HTTPLimits()) -> None:
     """Serve until interrupted."""
     try:
-        uvicorn.run(create_app(state), host=host, port=port, log_level="info")
+        uvicorn.Server(server_config(create_app(state, limits), limits, host=host, port=port,
+                                     log_level="info")).run()
     finally:
         state.loop.close()
 
@@ -43,9 +92,9 @@ def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> None
 class BackgroundServer:
     """uvicorn on a thread; `port=0` picks a free port (see `.url`). Use as a context manager."""
 
-    def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0, limits: HTTPLimits = HTTPLimits()):
         self.state = state
-        config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning")
+        config = server_config(create_app(state, limits), limits, host=host, port=port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="dsv4-http", daemon=True)
 
