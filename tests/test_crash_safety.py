@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -260,6 +261,30 @@ def test_a_killed_convert_leaves_no_output_and_the_next_one_cleans_up_and_comple
                                             rf"{report['kills'][-1]['pid']}, which is no longer running"):
         assert main(["convert", str(official), str(dst), "--recipe", "Q8_0"]) == 0
     assert partials(tmp_path, dst.name) == [] and same_tree(dst, ref)
+
+
+@pytest.fixture(scope="module")
+def converted(official, tmp_path_factory):
+    """A dsv4 Q8_0 directory and GGUF file of the official checkpoint."""
+    out = tmp_path_factory.mktemp("converted")
+    for dst in (out / "q8", out / "q8.gguf"):
+        assert main(["convert", str(official), str(dst), "--recipe", "Q8_0"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.001] + moments(3, salt=40), ids=lambda c: f"{c:.3f}")
+@pytest.mark.parametrize("part", ["model-00001-of-00001.safetensors", "model.safetensors.index.json", "config.json",
+                                  "gguf"])
+def test_a_truncated_converted_file_is_refused_by_name(converted, tmp_path, part, cut):
+    if part == "gguf":
+        path = damaged = tmp_path / "q8.gguf"
+        shutil.copy(converted / "q8.gguf", path)
+    else:
+        path, damaged = tmp_path / "q8", tmp_path / "q8" / part
+        shutil.copytree(converted / "q8", path)
+    damaged.write_bytes(damaged.read_bytes()[:int(damaged.stat().st_size * cut)])
+    with pytest.raises((WeightsError, ConfigError), match=re.escape(str(damaged))):
+        dsv4.load_model(path, dtype=torch.float32, simulate_quant=False)
 
 
 def test_a_partial_output_of_a_running_convert_is_left_alone(official, tmp_path):

@@ -28,7 +28,10 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
     """Stored tensor name -> the safetensors file holding it (the index when there is one, else every file's header)."""
     index = path / INDEX
     if index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a JSON object ({e})") from None
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index}: no 'weight_map' object")
         missing = sorted({f for f in weight_map.values() if not (path / f).exists()})

@@ -52,7 +52,7 @@ class GGUFCheckpoint:
         self.path = Path(path)
         try:
             self.reader = gguf.GGUFReader(self.path)
-        except (ValueError, OSError) as e:  # truncated or malformed: numpy cannot map what the header promises
+        except (ValueError, OSError, IndexError) as e:  # truncated or malformed (IndexError: cut inside the header)
             raise CheckpointError(f"{self.path}: unreadable GGUF file ({e})") from None
         try:
             self.config = ModelConfig.from_dict(json.loads(self._string("dsv4.config")))
