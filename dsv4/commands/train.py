@@ -16,7 +16,7 @@ from dsv4.train.demo_model import MODELS, model_config
 from dsv4.train.distributed import init_world
 from dsv4.train.loop import CHECKPOINT, load_trained_model, plot_history, train
 from dsv4.train.plot import PlotError
-from dsv4.train.task_data import DEFAULT_MIX, task_records, write_jsonl
+from dsv4.train.task_data import DEFAULT_MIX, PHRASINGS, ChatOptions, task_records, write_jsonl
 from dsv4.train.tasks import UnknownKindError, parse_kind_weights
 from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
@@ -52,6 +52,14 @@ def register(subparsers) -> None:
         d.add_argument(f"--{mode}", type=float, default=weight, help=f"share of {mode} mode (default {weight})")
     d.add_argument("--kind-weights", type=_kind_weights, default=None, metavar="KIND=W,...",
                    help="relative share of task kinds, e.g. sort=2,expr=2 (unlisted kinds: 1; default uniform)")
+    d.add_argument("--phrasing", choices=PHRASINGS, default="template", help="template: each kind's fixed questions "
+                   "(default); varied: 3 in 4 questions in phrasings people type, from the train split of templates")
+    d.add_argument("--multi-turn", type=_share, default=0.0, metavar="SHARE",
+                   help="share of records that are conversations of 2-5 questions, some referring back (default 0)")
+    d.add_argument("--system-prompts", type=_share, default=0.0, metavar="SHARE",
+                   help="share of records with a system prompt: persona, formatting rules or a long agent prompt")
+    d.add_argument("--scope", type=_share, default=0.0, metavar="SHARE",
+                   help="share of questions that are greetings or out of scope, answered with what the model can do")
     d.set_defaults(func=run_data)
 
     e = subparsers.add_parser("train-export", help="write a training checkpoint as an official-format model dir")
@@ -89,9 +97,17 @@ def _kind_weights(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share must be in [0, 1], found {text}")
+    return value
+
+
 def run_data(args: argparse.Namespace) -> int:
     mix = {"chat": args.chat, "think": args.think, "tools": args.tools}
-    records = task_records(args.n, args.seed, mix, args.kind_weights)
+    options = ChatOptions(args.phrasing, args.multi_turn, args.system_prompts, args.scope)
+    records = task_records(args.n, args.seed, mix, args.kind_weights, options)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} records to {args.out}")
     return 0

@@ -40,26 +40,61 @@ def chat_document(record: dict, tokenizer: Tokenizer) -> Document:
     """Render a chat record ({"messages", "thinking", "tools"}) with the chat layer; targets = assistant turns.
 
     The span of assistant message i is what rendering messages[:i+1] adds to rendering messages[:i] (which ends
-    with the generation prompt); each rendering must extend the previous one token for token.
+    with the generation prompt); each rendering must extend the previous one token for token (see chat_documents
+    for conversations whose renderings do not).
     """
+    spans, restarts = _assistant_spans(record, tokenizer)
+    if restarts:
+        i = restarts[0]
+        raise DataError(f"rendering of message {i} does not extend the conversation so far: {record['messages'][i]}")
+    return _documents(spans, restarts)[0]
+
+
+def _assistant_spans(record: dict, tokenizer: Tokenizer) -> tuple[list[tuple[int, list[int], list[int]]], list[int]]:
+    """(every assistant message i with the renderings of messages[:i] and messages[:i+1], the messages i whose
+    prompt does not extend the previous assistant message's rendering)."""
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise DataError(f"chat record needs a non-empty 'messages' list, found {str(record)[:80]!r}")
     options = {"thinking": bool(record.get("thinking", False)), "tools": record.get("tools"), "tokenizer": tokenizer}
-    ids: list[int] = []
-    mask: list[int] = []
+    spans, restarts, ids = [], [], []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
         prompt = encode_messages_ids(messages[:i], **options)
         turn = encode_messages_ids(messages[:i + 1], **options)
-        if prompt[:len(ids)] != ids or turn[:len(prompt)] != prompt:
-            raise DataError(f"rendering of message {i} does not extend the conversation so far: {messages[i]}")
+        if turn[:len(prompt)] != prompt:
+            raise DataError(f"rendering of message {i} does not extend its own prompt: {messages[i]}")
+        if ids and prompt[:len(ids)] != ids:
+            restarts.append(i)
+        spans.append((i, prompt, turn))
+        ids = turn
+    if not spans:
+        raise DataError(f"chat record has no assistant message: {str(record)[:80]!r}")
+    return spans, restarts
+
+
+def chat_documents(record: dict, tokenizer: Tokenizer) -> list[Document]:
+    """The record's training documents: one while each assistant turn's rendering extends the conversation so far,
+    a new one (its context rendered as the encoder renders it at that turn) where it does not.
+
+    In thinking mode the encoder drops the reasoning of turns before the last user message, so each question of a
+    multi-turn thinking conversation starts a document whose history shows earlier answers without reasoning and
+    whose loss covers that turn only; chat and tool conversations stay one document."""
+    return _documents(*_assistant_spans(record, tokenizer))
+
+
+def _documents(spans: list[tuple[int, list[int], list[int]]], restarts: list[int]) -> list[Document]:
+    docs: list[Document] = []
+    ids: list[int] = []
+    mask: list[int] = []
+    for i, prompt, turn in spans:
+        if i in restarts:
+            docs.append(Document(ids, mask))
+            ids, mask = [], []
         mask += [0] * (len(prompt) - len(ids)) + [1] * (len(turn) - len(prompt))
         ids = turn
-    if not ids:
-        raise DataError(f"chat record has no assistant message: {str(record)[:80]!r}")
-    return Document(ids, mask)
+    return [*docs, Document(ids, mask)]
 
 
 def read_documents(path: str | Path, tokenizer: Tokenizer) -> list[Document]:
@@ -73,7 +108,7 @@ def read_documents(path: str | Path, tokenizer: Tokenizer) -> list[Document]:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                docs.append(chat_document(json.loads(line), tokenizer))
+                docs.extend(chat_documents(json.loads(line), tokenizer))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
     return docs

@@ -8,14 +8,15 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 
-from dsv4.train.task_words import WEEKDAYS
-from dsv4.train.tasks import KINDS, Task
+from dsv4.train.task_words import SCOPE_MESSAGE, WEEKDAYS
+from dsv4.train.tasks import KINDS, SCOPE_KINDS, Task
 
 # a minus directly after a word character or closing bracket is an operator ("10-3"), not a sign
 _SIGN = r"(?:(?<![\w)\]])-)?"
 _NUMBER = re.compile(_SIGN + r"\d+(?:,\d{3})*(?:\.\d+)?(?![\d])")
 _INTEGER = re.compile(_SIGN + r"\d+")
 _WEEKDAY = re.compile(r"\b(" + "|".join(WEEKDAYS) + r")\b", re.IGNORECASE)
+_SCOPE_SENTENCE = SCOPE_MESSAGE.split(". ")[0]  # "I am a small demo model: I can do ... unit conversions"
 
 
 def final_text(reply: str | Mapping, thinking: bool = False) -> str:
@@ -49,7 +50,10 @@ def _last_weekday(text: str) -> str | None:
 
 def extract_answer(task: Task, reply: str | Mapping, thinking: bool = False) -> str | None:
     """The reply's final answer in the task's canonical form, or None when it has none."""
-    text, form = final_text(reply, thinking), KINDS[task.kind].form
+    text = final_text(reply, thinking)
+    if task.kind in SCOPE_KINDS:  # any reply that says what the model can do: greeting, identity or refusal
+        return task.answer if _SCOPE_SENTENCE in text else None
+    form = KINDS[task.kind].form
     if form == "int_list":
         return _last_numbers(text, len(task.answer.split(", ")))
     return _last_weekday(text) if form == "weekday" else _last_number(text)

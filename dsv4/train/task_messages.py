@@ -48,3 +48,14 @@ def to_messages(task: Task, mode: str) -> list[dict]:
     if mode == "tools":
         return [user, *_calculator_turns(task), {"role": "assistant", "content": task.answer}]
     raise ModeError(f"mode must be one of {MODES}, found {mode!r}")
+
+
+def turn_messages(task: Task, mode: str) -> list[dict]:
+    """One turn of a conversation in `mode`; in "tools" a task without a calculator expression is answered directly."""
+    return to_messages(task, "chat" if mode == "tools" and task.expression is None else mode)
+
+
+def conversation_messages(tasks: list[Task], mode: str, system: str | None = None) -> list[dict]:
+    """A conversation asking the tasks in order, each answered in `mode`, after an optional system prompt."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [m for task in tasks for m in turn_messages(task, mode)]

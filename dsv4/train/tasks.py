@@ -52,42 +52,57 @@ def _compose(high: int, digit: int) -> int:
     return high * 10 + digit
 
 
-def _add(rng: random.Random) -> Task:
-    """a + b for two-digit a, b, reasoned column by column: one single-digit sum per step."""
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+def add_task(a: int, b: int, question: str) -> Task:
+    """a + b for a, b >= 0, reasoned column by column: the ones digits, then the leading parts plus the carry."""
     ones = a % 10 + b % 10
     carry, tens = ones // 10, a // 10 + b // 10 + ones // 10
     expr, value = f"{a} + {b}", _compose(tens, ones % 10)
     reasoning = (f"Ones: {a % 10} + {b % 10} = {ones}: digit {ones % 10}, carry {carry}. "
                  f"Tens: {a // 10} + {b // 10} + {carry} = {tens}. So {expr} = {value}.")
-    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
     return Task("add", question, str(value), reasoning, expr, {"a": a, "b": b})
 
 
-def _sub(rng: random.Random) -> Task:
-    """a - b for two-digit a >= b, reasoned column by column with a borrow."""
-    a, b = sorted((rng.randint(10, 99), rng.randint(10, 99)), reverse=True)
+def _add(rng: random.Random) -> Task:
+    """a + b for two-digit a, b, reasoned column by column: one single-digit sum per step."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return add_task(a, b, rng.choice(ARITHMETIC_TEMPLATES).format(expr=f"{a} + {b}"))
+
+
+def sub_task(a: int, b: int, question: str) -> Task:
+    """a - b for a >= b >= 0, reasoned column by column with a borrow."""
+    assert a >= b >= 0, (a, b)
     borrow = int(a % 10 < b % 10)
     top = a % 10 + 10 * borrow
     tens = a // 10 - b // 10 - borrow
     expr, value = f"{a} - {b}", _compose(tens, top - b % 10)
     reasoning = (f"Ones: {top} - {b % 10} = {top - b % 10}, borrow {borrow}. "
                  f"Tens: {a // 10} - {b // 10} - {borrow} = {tens}. So {expr} = {value}.")
-    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
     return Task("sub", question, str(value), reasoning, expr, {"a": a, "b": b})
+
+
+def _sub(rng: random.Random) -> Task:
+    """a - b for two-digit a >= b, reasoned column by column with a borrow."""
+    a, b = sorted((rng.randint(10, 99), rng.randint(10, 99)), reverse=True)
+    return sub_task(a, b, rng.choice(ARITHMETIC_TEMPLATES).format(expr=f"{a} - {b}"))
+
+
+def mul_task(a: int, b: int, question: str) -> Task:
+    """a * b where b (else a) is one digit d and the other is n >= 0, reasoned column by column with a carry."""
+    d, n = (b, a) if b < 10 else (a, b)
+    assert 0 <= d < 10 and n >= 0, (a, b)
+    ones = d * (n % 10)
+    tens = d * (n // 10) + ones // 10
+    expr, value = f"{a} * {b}", _compose(tens, ones % 10)
+    reasoning = (f"Ones: {d} * {n % 10} = {ones}: digit {ones % 10}, carry {ones // 10}. "
+                 f"Tens: {d} * {n // 10} + {ones // 10} = {tens}. So {expr} = {value}.")
+    return Task("mul", question, str(value), reasoning, expr, {"a": a, "b": b})
 
 
 def _mul(rng: random.Random) -> Task:
     """d * n (either order) for one digit d and two-digit n, reasoned column by column with a carry."""
     d, n = rng.randint(2, 9), rng.randint(10, 99)
     a, b = (d, n) if rng.random() < 0.5 else (n, d)
-    ones = d * (n % 10)
-    tens = d * (n // 10) + ones // 10
-    expr, value = f"{a} * {b}", _compose(tens, ones % 10)
-    reasoning = (f"Ones: {d} * {n % 10} = {ones}: digit {ones % 10}, carry {ones // 10}. "
-                 f"Tens: {d} * {n // 10} + {ones // 10} = {tens}. So {expr} = {value}.")
-    question = rng.choice(ARITHMETIC_TEMPLATES).format(expr=expr)
-    return Task("mul", question, str(value), reasoning, expr, {"a": a, "b": b})
+    return mul_task(a, b, rng.choice(ARITHMETIC_TEMPLATES).format(expr=f"{a} * {b}"))
 
 
 Tree = int | tuple  # a leaf number or (op, left, right)
@@ -132,19 +147,37 @@ def _expr(rng: random.Random) -> Task:
     return Task("expr", question, str(value), reasoning, expr, {"expression": expr})
 
 
-def _convert(rng: random.Random) -> Task:
-    """Whole-number conversion between a larger and a smaller unit, either direction."""
-    big, small, factor = rng.choice(CONVERSIONS)
-    k = rng.randint(2, 60)
-    if rng.random() < 0.5:
+def convert_task(k: int, conversion: tuple, to_small: bool, question: str) -> Task:
+    """k larger units to smaller ones (to_small), or k * factor smaller units to k larger ones.
+    conversion: an entry of CONVERSIONS; question: may hold {q}, {src} and {dst} (plural unit names)."""
+    big, small, factor = conversion
+    if to_small:
         quantity, value, src, dst, expr = k, k * factor, big, small, f"{k} * {factor}"
     else:
         quantity, value, src, dst, expr = k * factor, k, small, big, f"{k * factor} / {factor}"
-    question = rng.choice(("How many {dst} are in {q} {src}?", "Convert {q} {src} to {dst}."))
     question = question.format(dst=dst[1], q=quantity, src=src[1])
     reasoning = f"1 {big[0]} = {factor} {small[1]}, so {quantity} {src[1]} = {expr} = {value} {dst[1]}."
     inputs = {"quantity": quantity, "from": src[1], "to": dst[1]}
     return Task("convert", question, str(value), reasoning, expr, inputs)
+
+
+def _convert(rng: random.Random) -> Task:
+    """Whole-number conversion between a larger and a smaller unit, either direction."""
+    conversion = rng.choice(CONVERSIONS)
+    k = rng.randint(2, 60)
+    to_small = rng.random() < 0.5
+    question = rng.choice(("How many {dst} are in {q} {src}?", "Convert {q} {src} to {dst}."))
+    return convert_task(k, conversion, to_small, question)
+
+
+def count_letter_task(word: str, letter: str, question: str) -> Task:
+    """Occurrences of a letter in a word, counted letter by letter (see _count_letter)."""
+    count, marks = 0, []
+    for c in word:
+        count += c == letter
+        marks.append(f"{c} ({count})" if c == letter else c)
+    reasoning = f"Spell '{word}', counting '{letter}': {', '.join(marks)}. So '{letter}' appears {_times(count)}."
+    return Task("count_letter", question, str(count), reasoning, None, {"word": word, "letter": letter})
 
 
 def _count_letter(rng: random.Random) -> Task:
@@ -153,40 +186,36 @@ def _count_letter(rng: random.Random) -> Task:
     word = rng.choice(WORDS)
     absent = [c for c in string.ascii_lowercase if c not in word]
     letter = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
-    count, marks = 0, []
-    for c in word:
-        count += c == letter
-        marks.append(f"{c} ({count})" if c == letter else c)
-    reasoning = f"Spell '{word}', counting '{letter}': {', '.join(marks)}. So '{letter}' appears {_times(count)}."
     question = rng.choice(("How many times does the letter '{l}' appear in '{w}'?",
                            "How many '{l}'s are in the word '{w}'?", "Count the letter '{l}' in the word '{w}'.",
                            "In the word '{w}', how many times does '{l}' occur?"))
-    inputs = {"word": word, "letter": letter}
-    return Task("count_letter", question.format(l=letter, w=word), str(count), reasoning, None, inputs)
+    return count_letter_task(word, letter, question.format(l=letter, w=word))
+
+
+def count_item_task(items: list[str], target: str | None, question: str | None = None) -> Task:
+    """Length of a list (target None), or occurrences of target in it; question: default the template's."""
+    listed = ", ".join(items)
+    if target is not None:
+        marks = [f"{x} ({items[: i + 1].count(x)})" if x == target else x for i, x in enumerate(items)]
+        count, default = items.count(target), f"How many times does '{target}' appear in this list: {listed}?"
+        summary, walk = f"'{target}' appears {_times(items.count(target))}", f"counting '{target}'"
+    else:
+        marks = [f"{x} ({i + 1})" for i, x in enumerate(items)]
+        count, default = len(items), f"How many items are in this list: {listed}?"
+        summary, walk = f"there are {len(items)} items", "numbering each item"
+    reasoning = f"Go through the list, {walk}: {', '.join(marks)}. So {summary}."
+    return Task("count_item", question or default, str(count), reasoning, None, {"items": items, "target": target})
 
 
 def _count_item(rng: random.Random) -> Task:
     """Length of a short list, or occurrences of one item in it (the reasoning restates which item it counts)."""
     pool = rng.sample(rng.choice(ITEM_SETS), rng.randint(2, 4))
     items = [rng.choice(pool) for _ in range(rng.randint(4, 10))]
-    listed = ", ".join(items)
-    if rng.random() < 0.5:
-        target = rng.choice(pool)
-        marks = [f"{x} ({items[: i + 1].count(x)})" if x == target else x for i, x in enumerate(items)]
-        count, question = items.count(target), f"How many times does '{target}' appear in this list: {listed}?"
-        summary, walk = f"'{target}' appears {_times(items.count(target))}", f"counting '{target}'"
-    else:
-        target, marks = None, [f"{x} ({i + 1})" for i, x in enumerate(items)]
-        count, question = len(items), f"How many items are in this list: {listed}?"
-        summary, walk = f"there are {len(items)} items", "numbering each item"
-    reasoning = f"Go through the list, {walk}: {', '.join(marks)}. So {summary}."
-    return Task("count_item", question, str(count), reasoning, None, {"items": items, "target": target})
+    return count_item_task(items, rng.choice(pool) if rng.random() < 0.5 else None)
 
 
-def _sort(rng: random.Random) -> Task:
-    """Sort 4-6 numbers below 100, ascending or descending, by repeatedly taking the extreme one."""
-    numbers = [rng.randint(0, 99) for _ in range(rng.randint(4, 6))]
-    descending = rng.random() < 0.3
+def sort_task(numbers: list[int], descending: bool, question: str | None = None) -> Task:
+    """Sort numbers by repeatedly taking the extreme one; question: default the template's."""
     order = "descending" if descending else "ascending"
     remaining, picks, steps = list(numbers), [], []
     while remaining:
@@ -197,23 +226,34 @@ def _sort(rng: random.Random) -> Task:
     answer = ", ".join(map(str, picks))
     reasoning = f"Take the {'largest' if descending else 'smallest'} remaining number each time: " \
                 f"{'; '.join(steps)}. Sorted: {answer}."
-    question = f"Sort these numbers in {order} order: {', '.join(map(str, numbers))}."
-    return Task("sort", question, answer, reasoning, None, {"numbers": numbers, "descending": descending})
+    question = question or f"Sort these numbers in {order} order: {', '.join(map(str, numbers))}."
+    return Task("sort", question, answer, reasoning, None, {"numbers": list(numbers), "descending": descending})
 
 
-def _weekday(rng: random.Random) -> Task:
-    """Day of the week n <= 30 days after a given one. Every walk, whole weeks included, counts "from" the start
-    day, so the one copy of it from the question comes in the same words whatever the remainder."""
-    start, n = rng.randrange(7), rng.randint(1, 30)
+def _sort(rng: random.Random) -> Task:
+    """Sort 4-6 numbers below 100, ascending or descending, by repeatedly taking the extreme one."""
+    numbers = [rng.randint(0, 99) for _ in range(rng.randint(4, 6))]
+    return sort_task(numbers, rng.random() < 0.3)
+
+
+def weekday_task(start: int, n: int, question: str) -> Task:
+    """Day of the week n days after WEEKDAYS[start] (see _weekday); question may hold {d} and {n}."""
     weeks, rest = divmod(n, 7)
     end = WEEKDAYS[(start + n) % 7]
     walk = ", ".join(WEEKDAYS[(start + i) % 7] for i in range(1, rest + 1))
     tail = f"Counting {rest} more days from {WEEKDAYS[start]}: {walk}." if rest else \
         f"Counting 0 more days from {WEEKDAYS[start]} stays on {WEEKDAYS[start]}."
     reasoning = f"{n} = {weeks} * 7 + {rest}; whole weeks keep the weekday. {tail} The answer is {end}."
-    question = rng.choice(("Today is {d}. What day of the week will it be in {n} days?",
-                           "If today is {d}, what day is it {n} days from now?")).format(d=WEEKDAYS[start], n=n)
-    return Task("weekday", question, end, reasoning, None, {"start": WEEKDAYS[start], "days": n})
+    return Task("weekday", question.format(d=WEEKDAYS[start], n=n), end, reasoning, None,
+                {"start": WEEKDAYS[start], "days": n})
+
+
+def _weekday(rng: random.Random) -> Task:
+    """Day of the week n <= 30 days after a given one. Every walk, whole weeks included, counts "from" the start
+    day, so the one copy of it from the question comes in the same words whatever the remainder."""
+    start, n = rng.randrange(7), rng.randint(1, 30)
+    return weekday_task(start, n, rng.choice(("Today is {d}. What day of the week will it be in {n} days?",
+                                              "If today is {d}, what day is it {n} days from now?")))
 
 
 KINDS: dict[str, KindSpec] = {
@@ -291,3 +331,8 @@ def generate_tasks(n: int, seed: int, kinds: Sequence[str] | None = None, split:
             task = KINDS[kind].generate(rng)
         tasks.append(task)
     return tasks
+
+
+# Chat turns that are not tasks (dsv4.train.conversations): a greeting, a question about the model, a question out
+# of scope. Their answer is fixed text (task_words.SCOPE_MESSAGE); they are not in KINDS, so seeds keep their tasks.
+SCOPE_KINDS = ("greeting", "identity", "out_of_scope")
