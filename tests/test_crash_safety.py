@@ -296,6 +296,14 @@ def test_a_partial_output_of_a_running_convert_is_left_alone(official, tmp_path)
     assert alive.is_dir() and (tmp_path / "out" / "config.json").exists()
 
 
+def test_a_partial_output_named_with_our_own_process_id_is_an_old_one_and_is_replaced(official, tmp_path):
+    old = tmp_path / f".out.partial-{os.getpid()}"  # a process with our id before (ids repeat after a restart)
+    old.mkdir()
+    (old / "model-00001-of-00001.safetensors").write_bytes(b"torn")
+    assert main(["convert", str(official), str(tmp_path / "out"), "--recipe", "Q8_0"]) == 0
+    assert not old.exists() and dsv4.load_model(tmp_path / "out", simulate_quant=False) is not None
+
+
 # ---- training checkpoints ----
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     remove_stale(dst.parent, re.compile(rf"\.{re.escape(dst.name)}\.partial-(?P<pid>\d+)"), warn_running=True,
                  stacklevel=4)  # the warnings name the caller's `with atomic_path(...)` line
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    _remove(tmp)  # one with our own id is an earlier process's (ids repeat, e.g. in a restarted container)
     try:
         yield tmp
         fsync_tree(tmp)
