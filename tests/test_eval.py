@@ -109,3 +109,60 @@ def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
     for column in (0, 1):
         assert sum(int(c[column].split("/")[1]) for c in cells) == 3
         assert all(0 <= int(c[column].split("/")[0]) <= int(c[column].split("/")[1]) for c in cells)
+
+
+def _conversation_oracle(tokenizer, mode: str, conversations):
+    """Continues a prompt as the training documents of the conversations do (one per thinking-mode question)."""
+    from dsv4.train.data import chat_documents
+    from dsv4.train.task_data import conversation_record
+
+    docs = [d for c in conversations for d in chat_documents(conversation_record(c, TRAIN_MODE[mode]), tokenizer)]
+
+    def generate(prompts):
+        outputs = []
+        for p in prompts:
+            doc = next(d for d in docs if d.ids[:len(p)] == p and len(d.ids) > len(p))
+            rest = doc.ids[len(p):]
+            outputs.append(rest[:rest.index(tokenizer.eos_id) + 1])
+        return outputs
+    return generate
+
+
+@pytest.mark.parametrize("mode", EVAL_MODES)
+def test_an_oracle_writing_the_training_conversations_scores_full_marks_at_every_position(tokenizer, mode):
+    from dsv4.train.conversations import Conversation
+    from dsv4.train.evaluate import accuracy_by_position, held_out_conversations, held_out_phrasings, \
+        run_conversations
+
+    conversations = held_out_conversations(4, seed=2)
+    outcomes = run_conversations(conversations, mode, _conversation_oracle(tokenizer, mode, conversations), tokenizer)
+    assert len(outcomes) == sum(len(c.tasks) for c in conversations)
+    assert accuracy(outcomes) == 1.0 and accuracy(outcomes, from_position=3) == 1.0
+    assert set(accuracy_by_position(outcomes)) == {o.position for o in outcomes} >= {1, 2, 3}
+    phrased = held_out_phrasings(6, seed=2)
+    singles = [Conversation(None, [t]) for t in phrased]
+    outcomes = run_mode(phrased, mode, _conversation_oracle(tokenizer, mode, singles), tokenizer)
+    assert accuracy(outcomes) == 1.0
+
+
+def test_eval_command_adds_the_phrasing_and_multi_turn_columns_when_asked(tmp_path, capsys):
+    from dsv4.train.loop import train
+    from dsv4.train.task_data import task_records, write_jsonl
+    from dsv4.train.train_config import TrainConfig
+
+    write_jsonl(task_records(8, seed=2), tmp_path / "d.jsonl")
+    cfg = TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "run"), steps=1, batch_size=1,
+                      micro_batch=1, seq_len=64, warmup=1)
+    train(cfg, ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)))
+    capsys.readouterr()
+    args = ["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "2", "--max-tokens", "2", "--modes",
+            "non_think", "think", "--phrased", "2", "--conversations", "1"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"non_think", "think", "phrased", "phrased_multi_step", "multi_turn",
+                           "multi_turn_by_position"}
+    assert set(result["phrased"]) == set(result["multi_turn"]) == {"non_think", "think"}
+    assert {"1", "2", "3"} <= set(result["multi_turn_by_position"]["think"])
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "phrased" in table and "turn 3+" in table and "correct per question position" in table
