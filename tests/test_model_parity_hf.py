@@ -18,6 +18,10 @@ CONFIGS = {
                                          "compressed_sparse_attention"],
                             compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16},
                             index_topk=5),
+    # No rope_scaling: transformers' compress rope is then of type "default" (plain RoPE at compress_rope_theta).
+    # dsv4 read it as YaRN with factor 16 and differed by up to 0.36 in the logits.
+    "compress-rope-default-hc2": dict(num_hidden_layers=3, compress_ratios=[0, 4, 128], num_hash_layers=1, hc_mult=2,
+                                      rope_scaling=None, index_topk=6),
 }
 LENGTHS = [1, 7, 128, 300]
 
