@@ -26,8 +26,12 @@ LIMITS = HTTPLimits(max_body_bytes=64 * 1024, body_timeout_s=1.0, head_timeout_s
 
 
 @pytest.fixture(scope="module")
-def server(one_torch_thread):
-    model = random_model(vocab_size=129280, max_position_embeddings=256, num_hash_layers=0, seed=0)
+def model(one_torch_thread):
+    return random_model(vocab_size=129280, max_position_embeddings=256, num_hash_layers=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(model):
     with BackgroundServer(make_state(model, model_name="tiny", max_output_tokens=2), limits=LIMITS) as srv:
         yield srv
 
@@ -176,6 +180,18 @@ def test_a_connection_without_a_whole_request_head_is_closed_after_the_timeout(s
     start = time.monotonic()
     assert _read_all(sock) == b""  # closed, nothing answered
     assert LIMITS.head_timeout_s * 0.9 < time.monotonic() - start < LIMITS.head_timeout_s + 5
+
+
+def test_connections_past_the_bound_are_refused_and_the_rest_still_served(model):
+    with BackgroundServer(make_state(model, model_name="tiny", max_output_tokens=2),
+                          limits=HTTPLimits(max_connections=3)) as srv:
+        held = [_connect(srv) for _ in range(3)]
+        with httpx.Client(base_url=srv.url, timeout=30) as client:
+            assert client.get("/health").status_code == 503  # uvicorn's own plain answer
+            for sock in held:
+                sock.close()
+            time.sleep(0.2)
+            assert client.get("/health").status_code == 200
 
 
 class _Transport:
