@@ -100,6 +100,7 @@ class ModelConfig:
         _require(self.rope_factor > 0, "rope_factor", f"must be > 0 (1: no YaRN), found {self.rope_factor}")
         _require(self.rope_factor == 1 or self.original_max_position_embeddings > 0, "original_max_position_embeddings",
                  f"YaRN (rope_factor {self.rope_factor}) needs it > 0, found {self.original_max_position_embeddings}")
+        _check_quantization(self.quantization_config)
         if self.simulate_quant:  # the QAT simulation rounds KV in blocks of 64 and indexer vectors in blocks of 32
             _require(_is_pow2(self.index_head_dim) and self.index_head_dim % 32 == 0, "index_head_dim",
                      f"simulate_quant needs a power of two >= 32, found {self.index_head_dim}")
@@ -157,6 +158,27 @@ def _require(ok: bool, key: str, msg: str) -> None:
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
+
+
+# The official FP8 description, key by key: None = any value, ignored (transformers' loading options: which modules
+# it converts and whether it dequantizes; our loader takes each tensor's format from the checkpoint itself).
+_QUANT_KEYS = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0", "weight_block_size": [128, 128],
+               "activation_scheme": "dynamic", "dequantize": None, "modules_to_not_convert": None,
+               "modules_to_convert": None}
+
+
+def _check_quantization(qc: dict | None) -> None:
+    """Only the official block-FP8 scheme (e4m3 weights, 128x128 blocks, power-of-two ue8m0 scales) is simulated."""
+    if qc is None:
+        return
+    _require(isinstance(qc, dict), "quantization_config", f"expected an object or null, found {qc!r}")
+    for key, value in qc.items():
+        _require(key in _QUANT_KEYS, f"quantization_config.{key}", "unknown key")
+        want = _QUANT_KEYS[key]
+        _require(want is None or (list(value) if isinstance(value, tuple) else value) == want,
+                 f"quantization_config.{key}", f"dsv4 supports only {want!r}, found {value!r}")
+    # transformers' FineGrainedFP8 default scale format is "float" (no power-of-two rounding)
+    _require("scale_fmt" in qc, "quantization_config.scale_fmt", "missing; dsv4 supports only 'ue8m0'")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)} - {"simulate_quant"}

@@ -210,3 +210,18 @@ def test_no_swiglu_clamp_round_trips_through_our_dialect():
         ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "swiglu_limit": 0})
     with pytest.raises(ConfigError, match="unknown config key 'rope_scalling'"):
         ModelConfig.from_dict({**ModelConfig.preset("tiny").to_dict(), "rope_scalling": {}})
+
+
+@pytest.mark.parametrize("qc, message", [
+    ({"quant_method": "bitsandbytes"}, "'quantization_config.quant_method'"),
+    ({"quant_method": "fp8", "scale_fmt": "float", "weight_block_size": [128, 128]}, "'quantization_config.scale_fmt'"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "'quantization_config.scale_fmt': missing"),
+    ({"quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [64, 64]},
+     "'quantization_config.weight_block_size'"),
+    ({"quant_method": "fp8", "scale_fmt": "ue8m0", "group_size": 32}, "'quantization_config.group_size'"),
+])
+def test_quantization_config_other_than_the_official_fp8_is_refused(qc, message):
+    """Only the official block-FP8 description switches the QAT simulation on; any other scheme (or transformers'
+    FP8 with float scales) is refused instead of being simulated as the official one."""
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict({**TINY_HF, "quantization_config": qc})
