@@ -59,9 +59,9 @@ def test_openapi_document_describes_every_request_body_and_error_shape(doc):
 
 
 def test_every_endpoint_fuzzed_from_its_schema_answers_below_500_in_its_api_shape(server):
-    results = fuzz_server.fuzz(server.url, examples=20, seed=0)
+    results = fuzz_server.fuzz(server.url, examples=15, seed=0)
     assert len(results) >= 2 * 10  # ten operations, positive and negative bodies
-    assert sum(r.cases for r in results) >= 200
+    assert sum(r.cases for r in results) >= 150
     failures = [f"{r.operation} ({r.mode}): {f}" for r in results for f in r.failures]
     assert not failures, "\n".join(failures[:10])
     assert sum(r.statuses["2xx"] for r in results if r.operation == "POST /v1/chat/completions") > 0
