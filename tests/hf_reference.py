@@ -1,6 +1,7 @@
 """Tiny random `transformers` DeepseekV4ForCausalLM models saved with save_pretrained: the independent reference."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,8 @@ HF_TINY = dict(vocab_size=256, hidden_size=64, moe_intermediate_size=32, num_att
 
 
 def build_hf(seed: int = 0, **overrides):
-    """A random HF model (fp32, eval) whose zero-initialised parts (sinks, biases, ape, hash table) are random too."""
+    """A random HF model (fp32, eval) whose constant-initialised parts (sinks, biases, ape, hash table, norm and hc
+    scales) are random too. tests/test_parity_properties.py perturbs every parameter over random configs."""
     from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
 
     with warnings.catch_warnings():
@@ -28,7 +30,7 @@ def build_hf(seed: int = 0, **overrides):
         for name, p in model.named_parameters():
             if name.endswith(("sinks", "position_bias", ".base", "hc_base")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith((".scale", "hc_scale")):
+            elif name.endswith((".scale", "hc_scale", "norm.weight")):  # RMSNorm weights start at 1 too
                 p.copy_(1 + torch.randn(p.shape, generator=g) * 0.3)
         for layer in model.model.layers:
             gate = layer.mlp.gate
@@ -54,3 +56,21 @@ def load_ours(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no MTP weights": transformers does not save them
         return dsv4.load_model(path, dtype=torch.float32, simulate_quant=False)
+
+
+def _stable_topk(input, k, dim=-1, largest=True, sorted=True):
+    """torch.topk whose exact ties go to the lower index, as dsv4's stable_topk does."""
+    values, indices = torch.sort(input, dim=dim, descending=largest, stable=True)
+    return torch.return_types.topk((values.narrow(dim, 0, k), indices.narrow(dim, 0, k)))
+
+
+@contextlib.contextmanager
+def stable_topk():
+    """Run transformers with exact top-k ties (an indexer's ReLU zeros) broken towards lower ids, as dsv4 does;
+    its own torch.topk breaks them by memory layout (the difference test_model_parity_hf pins)."""
+    saved = torch.topk, torch.Tensor.topk
+    torch.topk = torch.Tensor.topk = _stable_topk
+    try:
+        yield
+    finally:
+        torch.topk, torch.Tensor.topk = saved

@@ -112,7 +112,8 @@ def _transformers_reading(raw):
 @pytest.mark.parametrize("extra", [
     {},  # no rope description at all: transformers' compress rope is "default" (no YaRN)
     {"rope_parameters": _nested(rope_type="default")},  # the reported bug: was read as YaRN x16
-    {"rope_parameters": _nested(rope_type="yarn", attention_factor=1.0, **{k: v for k, v in YARN.items() if k != "type"})},
+    {"rope_parameters": _nested(rope_type="yarn", attention_factor=1.0,
+                                **{k: v for k, v in YARN.items() if k != "type"})},
     {"rope_scaling": YARN},  # the official config.json's form
     {"rope_scaling": {**YARN, "beta_fast": 0}},  # transformers reads beta_fast 0 as its default 32
     {"rope_scaling": YARN, "rope_theta": 5000.0, "compress_rope_theta": 40000.0},
@@ -184,7 +185,7 @@ def test_modelargs_dialect_fills_missing_keys_with_the_reference_defaults():
     assert (cfg.num_hash_layers, cfg.n_routed_experts, cfg.num_experts_per_tok) == (0, 8, 2)
     assert cfg.routed_scaling_factor == 1.0 and cfg.swiglu_limit == math.inf
     assert cfg.rope_factor == 1.0 and cfg.compress_rope_theta == 40000.0 and cfg.moe_intermediate_size == 4096
-    assert cfg.quantization_config["quant_method"] == "fp8"
+    assert cfg.quantization_config["quant_method"] == "fp8" and cfg.expert_dtype == "fp8"  # experts in `dtype`
     yarn = ModelConfig.from_dict({"dim": 64, "n_layers": 2, "compress_ratios": [0, 16, 0], "original_seq_len": 256,
                                   "rope_factor": 16, "dtype": "bf16", "swiglu_limit": 7.0})
     assert (yarn.rope_factor, yarn.original_max_position_embeddings, yarn.hca_ratio) == (16, 256, 16)
