@@ -109,6 +109,8 @@ CHAT = '{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_
     ("/v1/messages", _raw('{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, '
                           f'"thinking": {{"type": "enabled", "budget_tokens": {10**30}}}}}'), 400, "budget_tokens"),
     ("/v1/messages", b'{"model": "tiny", "messages": [], "max_tokens": NaN}', 400, "NaN"),
+    ("/v1/messages/count_tokens", b'{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], '  # fuzzer
+                                  b'"tool_choice": {"type": []}}', 400, "tool_choice.type"),
     ("/v1/responses", _raw('{"model": "tiny", "input": "Hi", "reasoning": {"effort": 5}}'), 400, "reasoning.effort"),
     ("/v1/responses", _raw('{"model": "tiny", "input": "Hi", "text": {"format": "x"}}'), 400, "text.format"),
     ("/v1/responses", _raw('{"model": "tiny", "input": [{"type": "reasoning", "summary": 5}]}'), 400,

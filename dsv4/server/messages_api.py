@@ -194,7 +194,7 @@ def _tool_choice(choice: dict | None) -> dict:
     if choice is None:
         return {}
     kind = choice.get("type")
-    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind)
+    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind) if isinstance(kind, str) else None
     if kind == "tool":
         mapped = {"type": "function", "function": {"name": choice.get("name")}}
     if mapped is None:
