@@ -14,15 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_CHOICES = 16  # `n`: each choice is its own sequence in the engine's batch
 INT64_MAX = 2**63 - 1
 
-Count = Annotated[int, Field(le=INT64_MAX)]  # token counts and ids: lower bounds are the engine's, with its messages
+Count = Annotated[int, Field(le=INT64_MAX)]  # token counts: lower bounds are the engine's, with its messages
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]  # what torch.Generator.manual_seed takes
+TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 def documented(**ranges) -> dict:
     """A field's documented range (OpenAPI), checked by `SamplingParams` with its own message, not by pydantic."""
     return {"json_schema_extra": ranges}
 
-Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]  # what torch.Generator.manual_seed takes
-TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 _TEXT_PART = {"type": "object", "required": ["type", "text"],
               "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
