@@ -1,5 +1,5 @@
 """`dsv4 generate PROMPT`: one chat turn, answer streamed to stdout (reasoning to stderr with --show-reasoning);
---stats prints token counts, speed, the weight bytes held in memory, which path runs the quantized matmuls and (with
+prompts of PROGRESS_MIN tokens or more show prefill progress on stderr; --stats prints token counts, speed, the weight bytes held in memory, which path runs the quantized matmuls and (with
 --expert-budget) the expert cache's counters to stderr."""
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from dsv4.engine.options import add_model_args, add_sampling_args, engine_from_a
 from dsv4 import kernels
 from dsv4.offload import offload_stats
 from dsv4.offload.install import module_bytes
+
+
+PROGRESS_MIN = 4096  # prompt tokens from which the prefill reports progress
 
 
 def register(subparsers) -> None:
@@ -33,7 +36,8 @@ def run(args) -> int:
     start, first, pieces = time.perf_counter(), None, 0
     try:
         params = sampling_from_args(args)
-        deltas = stream_chat(engine, tokenizer, messages, params, thinking=args.thinking)
+        deltas = stream_chat(engine, tokenizer, messages, params, thinking=args.thinking,
+                             progress=prefill_progress())
         for delta in deltas:
             first, pieces = first or time.perf_counter(), pieces + 1
             if args.show_reasoning and delta.reasoning_content:
@@ -48,6 +52,25 @@ def run(args) -> int:
         prompt = len(tokenizer.encode_prompt(render_messages(messages, thinking=args.thinking)))
         print_stats(engine.runner.model, prompt, max(pieces - 1, 0), start, first or start, time.perf_counter())
     return 0
+
+
+def prefill_progress(interval: float = 1.0):
+    """A progress callback printing `[dsv4] prefill 40,960/1,048,576 tokens (4%), 2,100 tokens/s, 480 s left` to
+    stderr at most every `interval` seconds and when the prefill ends, for prompts of PROGRESS_MIN tokens or more."""
+    start, last = time.perf_counter(), float("-inf")
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if total < PROGRESS_MIN or (done < total and now - last < interval):
+            return
+        last = now
+        rate = done / max(now - start, 1e-9)
+        left = f", {(total - done) / rate:,.0f} s left" if done < total else f" in {now - start:,.1f} s"
+        print(f"[dsv4] prefill {done:,}/{total:,} tokens ({done / total:.0%}), {rate:,.0f} tokens/s{left}",
+              file=sys.stderr, flush=True)
+
+    return report
 
 
 def print_stats(model, prompt: int, generated: int, start: float, first: float, end: float) -> None:

@@ -10,7 +10,7 @@ import sys
 from dsv4.config import ConfigError
 from dsv4.plan.catalog import KINDS, names
 from dsv4.plan.errors import PlanError
-from dsv4.plan.kv import KV_ITEMSIZE
+from dsv4.plan.kv import KV_DTYPES
 from dsv4.plan.ladder import catalog_systems, device_plans, read_quality, recipe_plans, speed_grid
 from dsv4.plan.planner import Plan, Workload, make_plan, model_facts, resolve_config
 from dsv4.plan.plot import plot_speeds
@@ -31,7 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--context", type=int, help="tokens per sequence, up to the config's max_position_embeddings "
                    "(1,048,576 for Flash and Pro; default 4096 or that max if smaller)")
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
-    p.add_argument("--kv-dtype", default="bf16", choices=list(KV_ITEMSIZE), help="KV cache entry dtype")
+    p.add_argument("--kv-dtype", default="bf16", choices=list(KV_DTYPES), help="KV cache entry storage: bf16, fp32 "
+                   "or official (FP8 entries + FP4 indexer keys with their scales, as `--kv-dtype official` stores "
+                   "them; default bf16)")
     p.add_argument("--device", help=f"catalog device, default rtx-4090: {names(DEVICE_KINDS)}")
     p.add_argument("--vram", type=float, help="device memory in GiB (overrides the catalog; with --bandwidth "
                    "and no --device: a custom device)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+from dsv4.cache import ModelCache, expected_nbytes, resolve_kv_dtype
 from dsv4.engine.batch_cache import BatchCache
-from dsv4.engine.errors import ContextLengthError, EngineError
+from dsv4.engine.errors import CacheBudgetError, ContextLengthError, EngineError
 from dsv4.engine.params import SamplingParams
 from dsv4.engine.prefix_cache import PrefixCache, PrefixStats
 from dsv4.engine.prefix_store import PrefixStore, model_identity
@@ -27,7 +28,11 @@ class EngineConfig:
     """Limits and switches. prefix_cache_bytes: the prefix cache's memory tier; prefix_cache_dir: also keep prefix
     caches on disk there, across restarts, under prefix_cache_disk_bytes (prefix reuse is off with neither);
     speculative needs MTP weights; compile runs decode steps through torch.compile (`compiled.py`; call `warm_up`
-    to compile before the first request)."""
+    to compile before the first request). kv_dtype: the caches' entry storage (`dsv4.cache.KV_DTYPES`; auto:
+    the official FP8/FP4 bytes when the model simulates the official quantization). cache_bytes: the KV caches of
+    the running sequences, each counted at its full length (prompt + max_tokens, by the cache's byte formula),
+    stay within this budget: a request that alone exceeds it is refused (CacheBudgetError), others wait for room
+    (None: no limit)."""
 
     max_running: int = 16
     max_waiting: int = 64
@@ -38,6 +43,8 @@ class EngineConfig:
     prefix_cache_dir: str | None = None
     prefix_cache_disk_bytes: int = 16 << 30
     eos_ids: frozenset[int] = field(default_factory=lambda: frozenset({1}))
+    kv_dtype: str = "auto"
+    cache_bytes: int | None = None
 
 
 class Engine:
@@ -47,7 +54,9 @@ class Engine:
         self.config = config or EngineConfig()
         self.runner = Runner(model, compile=self.config.compile)
         self.context = model.cfg.max_position_embeddings
-        self.scheduler = Scheduler(self.config.max_running, self.config.max_waiting, self.config.prefill_chunk)
+        self.kv_dtype = resolve_kv_dtype(self.config.kv_dtype, model.cfg, model.dtype)
+        self.scheduler = Scheduler(self.config.max_running, self.config.max_waiting, self.config.prefill_chunk,
+                                   self.config.cache_bytes)
         self.spec = SpeculativeDecoder(self.runner, self._choose) if self.config.speculative else None
         on = self.config.prefix_cache_bytes or self.config.prefix_cache_dir is not None
         self.prefix = self._prefix_cache(model) if on else None
@@ -60,8 +69,17 @@ class Engine:
         disk = None
         if self.config.prefix_cache_dir is not None:
             disk = PrefixStore(self.config.prefix_cache_dir, self.config.prefix_cache_disk_bytes,
-                               model_identity(model), lookahead, self.runner.new_cache)
+                               model_identity(model), lookahead, self.new_cache)
         return PrefixCache(self.config.prefix_cache_bytes, lookahead, disk)
+
+    def new_cache(self) -> ModelCache:
+        """An empty batch-1 cache in this engine's storage."""
+        return self.runner.model.make_cache(1, kv_dtype=self.kv_dtype)
+
+    def cache_bytes_for(self, tokens: int) -> int:
+        """Bytes of one sequence's cache at `tokens` tokens (capped at the context), by the cache's formula."""
+        model = self.runner.model
+        return expected_nbytes(model.cfg, min(tokens, self.context), 1, model.dtype.itemsize, self.kv_dtype)
 
     def prefix_stats(self) -> PrefixStats:
         """Prefix reuse over the engine's lifetime: tokens prefilled and cached, lookups, the tiers' sizes."""
@@ -95,13 +113,16 @@ class Engine:
             raise EngineError(f"prompt: token ids must lie in [0, {vocab}), found {min(prompt)}..{max(prompt)}")
         if len(prompt) >= self.context:
             raise ContextLengthError(len(prompt), self.context)
+        need, budget = self.cache_bytes_for(len(prompt) + params.max_tokens), self.config.cache_bytes
+        if budget is not None and need > budget:
+            raise CacheBudgetError(len(prompt), params.max_tokens, need, budget)
         if params.grammar is not None and params.grammar.vocab_size != vocab:
             raise EngineError(f"grammar: built for a vocabulary of {params.grammar.vocab_size} ids, "
                               f"the model has {vocab}")
         return Sequence(list(prompt), params, in_reasoning=in_reasoning)
 
     def enqueue(self, seq: Sequence) -> Sequence:
-        self.scheduler.add(seq)
+        self.scheduler.add(seq, self.cache_bytes_for(len(seq.prompt) + seq.params.max_tokens))
         self.sequences[seq.seq_id] = seq
         return seq
 
@@ -130,7 +151,7 @@ class Engine:
         """Feed the next n prompt tokens; after the last one, sample the first output token."""
         if seq.cache is None:
             found = self.prefix.lookup(seq.prompt) if self.prefix is not None else None
-            seq.cache = found or self.runner.new_cache()
+            seq.cache = found or self.new_cache()
             seq.num_cached = seq.cached_prompt = int(seq.cache.pos[0])
             self.cached_tokens += seq.cached_prompt
             n = min(n, seq.prefill_remaining)

@@ -30,6 +30,15 @@ class ContextLengthError(EngineError):
                          f"holds {context} tokens and at least one must be generated)")
 
 
+class CacheBudgetError(EngineError):
+    """The request's KV cache at its full length would not fit the engine's cache byte budget."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, need: int, budget: int):
+        super().__init__(f"max_tokens: a prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} needs a KV "
+                         f"cache of {need / 2**20:,.1f} MiB, over the engine's cache budget of "
+                         f"{budget / 2**20:,.1f} MiB (EngineConfig.cache_bytes, --cache-bytes); ask for fewer tokens")
+
+
 class QueueFullError(EngineError):
     """The engine's waiting queue is at capacity; retry later."""
 

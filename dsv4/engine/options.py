@@ -7,6 +7,7 @@ import sys
 import torch
 
 from dsv4 import kernels
+from dsv4.cache import KV_DTYPES
 from dsv4.engine.engine import Engine, EngineConfig
 from dsv4.engine.errors import ModelNotFoundError
 from dsv4.engine.model_path import SMALL_HIDDEN, load_for_inference
@@ -36,6 +37,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "after a restart (default: memory only)")
     parser.add_argument("--prefix-cache-disk-bytes", type=_size, metavar="SIZE", help="byte budget of "
                         f"--prefix-cache-dir (default {EngineConfig.prefix_cache_disk_bytes >> 30} GiB)")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES, help="KV cache entry storage: official = the FP8 (KV) and "
+                        "FP4 (indexer keys) bytes the official numerics round to, lossless; bf16/float32 = plain floats "
+                        "(default auto: official for quantized checkpoints, whose numerics are simulated; else the "
+                        "activation dtype)")
+    parser.add_argument("--cache-bytes", type=_size, metavar="SIZE", help="budget for the KV caches of the running "
+                        "requests, each counted at prompt + max_tokens: a request over it alone is refused, others "
+                        "wait (e.g. 8GiB; default: no limit)")
+    parser.add_argument("--prefill-chunk", type=int, metavar="N", help="prompt tokens fed per engine step (default "
+                        f"{EngineConfig.prefill_chunk}; long prompts prefill faster in larger chunks, e.g. 4096)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch and the native kernels' pool "
                         f"(default: 1 for models with hidden size below {SMALL_HIDDEN}; otherwise torch's default, and "
                         "every physical core for the bandwidth-bound kernels)")
@@ -51,9 +61,11 @@ def _size(text: str) -> int:
 
 
 def prefix_cache_config(args: argparse.Namespace) -> dict:
-    """EngineConfig fields from the prefix-cache flags that were given."""
+    """EngineConfig fields from the cache flags that were given: prefix cache, KV storage, cache budget, prefill
+    chunk."""
     given = {"prefix_cache_bytes": args.prefix_cache_bytes, "prefix_cache_dir": args.prefix_cache_dir,
-             "prefix_cache_disk_bytes": args.prefix_cache_disk_bytes}
+             "prefix_cache_disk_bytes": args.prefix_cache_disk_bytes, "kv_dtype": args.kv_dtype,
+             "cache_bytes": args.cache_bytes, "prefill_chunk": args.prefill_chunk}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -43,6 +43,8 @@ SUFFIX = ".safetensors"
 QUEUE_SIZE = 4  # pending jobs; a write beyond is dropped (counted; the entry stays in memory): the engine never
                 # waits on the disk
 _STATE_FIELDS = ("cur_kv", "cur_score", "prev_kv", "prev_score")
+_STORE_NAMES = {"plain": ("entries",), "fp8": ("entries.codes", "entries.exponents", "entries.rope"),
+                "fp4": ("entries.codes", "entries.exponents")}  # entry storage tensors by format (dsv4.cache)
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")  # _write_atomic's names: .NAME.PID.THREAD.tmp
 
 
@@ -73,7 +75,8 @@ def _named(cache: ModelCache) -> Iterator[tuple[str, torch.Tensor, CompressorCac
                 if comp is not None:
                     yield from ((f"{group}.{i}.{part}.{field}", getattr(comp, field), None)
                                 for field in _STATE_FIELDS if getattr(comp, field) is not None)
-                    yield f"{group}.{i}.{part}.entries", comp.entries, comp
+                    for suffix, t in zip(_STORE_NAMES[comp.fmt.kind], comp.store, strict=True):
+                        yield f"{group}.{i}.{part}.{suffix}", t, comp
 
 
 def cache_tensors(cache: ModelCache) -> dict[str, torch.Tensor]:

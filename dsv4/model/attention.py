@@ -58,12 +58,12 @@ class Attention(nn.Module):
         kv = self._round_kv(apply_rope(self.kv_norm(self.wkv(x)), pos, self.freqs))  # [B, S, D]
         window, window_ok = window_timeline(cache.window, kv, start)           # [B, W+S, D], [B, W+S]
         write_window(cache.window, kv, start)
-        entries = selected = None
+        selected = None
         if self.kind != "sliding":
-            entries = self.compressor(x, start, cache.compressor, self.freqs, self._round_kv)  # [B, N, D]
+            self.compressor(x, start, cache.compressor, self.freqs, self._round_kv)  # writes the closed entries
         if self.kind == "csa":
             selected = self.indexer(x, qr, pos, cache.indexer, self.freqs)    # [B, S, k]
-        o = sparse_attention(q, window, window_ok, entries, selected, pos, self.ratio, self.attn_sink,
+        o = sparse_attention(q, window, window_ok, cache.compressor, selected, pos, self.ratio, self.attn_sink,
                              self.softmax_scale)                                # [B, S, H, D]
         o = apply_rope(o, pos, self.freqs, inverse=True)
         return self.wo_b(self.wo_a(o.reshape(B, S, self.groups, -1)))         # [B, S, G*r] -> [B, S, d]

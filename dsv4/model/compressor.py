@@ -33,13 +33,13 @@ class Compressor(nn.Module):
         self.norm = RMSNorm(out_dim, eps)
 
     def forward(self, x: torch.Tensor, start: torch.Tensor, cache: CompressorCache, freqs: torch.Tensor,
-                finish) -> torch.Tensor:
+                finish) -> None:
         """Ingest x [B, S, d] at positions start[b] + s; write closed windows' entries into `cache`.
 
-        `finish` post-processes entries [B, n, D_c] (QAT rounding). Returns the whole entry storage [B, capacity,
-        D_c]: entry i is visible to a query at position t only once i < (t + 1) // m, so callers mask by position
-        (the storage's tail holds unwritten or rolled-back entries). The caller reserved the capacity
-        (`ModelCache.reserve`): nothing here allocates per sequence length or reads a value back to the host.
+        `finish` post-processes entries [B, n, D_c] (QAT rounding). Entry i is visible to a query at position t only
+        once i < (t + 1) // m, so readers of `cache` mask by position (the storage's tail holds unwritten or
+        rolled-back entries). The caller reserved the capacity (`ModelCache.reserve`): nothing here allocates per
+        sequence length or reads a value back to the host.
         """
         m, (B, S, _) = self.ratio, x.shape
         with torch.autocast(x.device.type, enabled=False):  # fp32 island, as in the reference (also under autocast)
@@ -54,11 +54,10 @@ class Compressor(nn.Module):
         first = start // m                                                 # global index of local window 0
         index = first[:, None] + torch.arange(n_win, device=x.device)      # [B, n_win]
         closed = (torch.arange(1, n_win + 1, device=x.device) * m)[None] <= (offset + S)[:, None]
-        entries = self.norm(pooled.to(cache.entries.dtype))
+        entries = self.norm(pooled.to(cache.fmt.dtype))
         entries = finish(apply_rope(entries, index * m, freqs))
-        self._store(cache, entries, index, closed)
+        cache.write(index, entries, closed)  # only the closed windows' entries: a fixed-shape masked write
         self._keep_state(cache, buf_v, buf_z, (offset + S) // m)
-        return cache.entries
 
     def _timeline(self, cache, v, z, offset, slots, n_win):
         """Local buffers: window -1 = cached previous window, then the current window's cached prefix, new tokens."""
@@ -85,12 +84,6 @@ class Compressor(nn.Module):
             v, z = buf_v[:, 1:], buf_z[:, 1:]
         weights = torch.softmax(z, dim=2).nan_to_num(0.0)  # an all-empty (future) window gives NaN: unused
         return (weights * v).sum(dim=2)
-
-    def _store(self, cache: CompressorCache, entries, index, closed) -> None:
-        """Write the closed windows' entries in place (the others keep what they hold): a fixed-shape masked write."""
-        at = index[..., None].expand(-1, -1, entries.shape[-1])
-        old = cache.entries.gather(1, at)
-        cache.entries.scatter_(1, at, torch.where(closed[..., None], entries, old))
 
     def _keep_state(self, cache: CompressorCache, buf_v, buf_z, last: torch.Tensor) -> None:
         """New current window = local window `last` (buffer index last+1); previous = the one before it."""

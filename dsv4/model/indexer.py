@@ -3,6 +3,12 @@
 score[t, i] = sum_h w[t, h] * ReLU(q[t, h] . k[i]) over visible entries i < (t+1) // m, where
 q = wq_b(c_Q) per head (RoPE, and with the QAT simulation Hadamard + FP4), k = the indexer compressor's entries,
 w = weights_proj(x) / sqrt(index_head_dim * index_n_heads). Scores are computed in fp32 (the reference uses BF16).
+
+Long contexts: keys are read (decoded) once per call in tiles of KEY_TILE entries, each tile scored against query
+chunks of QUERY_CHUNK and merged into a running top-k, so memory stays O(QUERY_CHUNK * H * KEY_TILE) at any
+context. Eagerly, only a tile's scores above a query's running k-th best can enter (ties go to the lower id, which
+came earlier), so the per-entry work is a GEMM and a comparison; a compiled step (fixed shapes) takes each tile's
+top-k instead. Both give exactly the top-k of all scores.
 """
 import torch
 from torch import nn
@@ -12,7 +18,9 @@ from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.qat import simulate_fp4_indexer
 from dsv4.model.rope import apply_rope
-from dsv4.model.sparse_attention import QUERY_CHUNK
+from dsv4.model.sparse_attention import QUERY_CHUNK, visible_entries
+
+KEY_TILE = 8192
 
 
 class Indexer(nn.Module):
@@ -35,34 +43,87 @@ class Indexer(nn.Module):
                 freqs: torch.Tensor) -> torch.Tensor:
         """x: [B, S, d], qr: [B, S, q_lora_rank], pos: [B, S]. Returns entry indices [B, S, k], -1 = none."""
         B, S, _ = x.shape
-        keys = self.compressor(x, pos[:, 0], cache, freqs, self._finish)        # [B, N, d_I]
+        self.compressor(x, pos[:, 0], cache, freqs, self._finish)
         q = self.wq_b(qr).view(B, S, self.n_heads, self.head_dim)
-        q = self._finish(apply_rope(q, pos, freqs))
+        q = self._finish(apply_rope(q, pos, freqs)).float()
         w = self.weights_proj(x).float() * self.scale                            # [B, S, H_I]
         limit = (pos + 1) // self.compressor.ratio                               # [B, S] visible entry count
-        k = min(self.topk, keys.shape[1])
-        return torch.cat([self._select(q[:, c:c + QUERY_CHUNK], w[:, c:c + QUERY_CHUNK], keys,
-                                       limit[:, c:c + QUERY_CHUNK], k) for c in range(0, S, QUERY_CHUNK)], dim=1)
+        k = min(self.topk, cache.capacity)
+        best_v = torch.full((B, S, k), float("-inf"), device=x.device)          # running top-k: ascending ids,
+        best_i = torch.full((B, S, k), -1, dtype=torch.long, device=x.device)  # then the empty slots (-inf, -1)
+        n = visible_entries(pos, self.compressor.ratio, cache.capacity)
+        for lo in range(0, n, KEY_TILE):
+            keys = cache.read(lo, min(n, lo + KEY_TILE)).float()                 # [B, t, d_I], decoded once
+            merged = [_merge(best_v[:, c:c + QUERY_CHUNK], best_i[:, c:c + QUERY_CHUNK],
+                             *_tile_candidates(q[:, c:c + QUERY_CHUNK], w[:, c:c + QUERY_CHUNK], keys, lo,
+                                               limit[:, c:c + QUERY_CHUNK], best_v[:, c:c + QUERY_CHUNK], k), k)
+                      for c in range(0, S, QUERY_CHUNK)]
+            best_v, best_i = (torch.cat(parts, dim=1) for parts in zip(*merged))
+        return best_i
 
-    @staticmethod
-    def _select(q, w, keys, limit, k: int) -> torch.Tensor:
-        """One query chunk: q [B, C, H, d], w [B, C, H], keys [B, N, d], limit [B, C] -> [B, C, k]."""
-        scores = torch.einsum("bshd,bnd->bshn", q.float(), keys.float()).relu()
-        scores = torch.einsum("bshn,bsh->bsn", scores, w)                        # [B, C, N]
-        visible = torch.arange(keys.shape[1], device=q.device) < limit[..., None]
-        return stable_topk(scores.masked_fill(~visible, float("-inf")), k)
+
+def _tile_candidates(q, w, keys, lo: int, limit, best_v, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query chunk against one key tile: q [B, C, H, d], w [B, C, H], keys [B, t, d] (entries lo..lo+t-1),
+    limit [B, C], best_v [B, C, k] the running top-k's values -> the tile's entries that may enter it (values
+    [B, C, m], global ids [B, C, m] ascending, -inf/-1 = none)."""
+    scores = torch.einsum("bshd,bnd->bshn", q, keys).relu_()                   # [B, C, H, t]
+    if scores.shape[2] == 1:                                                   # one head: the weighted sum is a product
+        scores = scores[:, :, 0].mul_(w)
+    else:
+        scores = torch.einsum("bshn,bsh->bsn", scores, w)                      # [B, C, t]
+    hidden = torch.arange(lo, lo + keys.shape[1], device=q.device) >= limit[..., None]
+    scores.masked_fill_(hidden, float("-inf"))
+    if torch.compiler.is_compiling():
+        top = stable_topk(scores, min(k, keys.shape[1]))
+        return _take(scores, top), torch.where(top >= 0, top + lo, -1)
+    return _above(scores, best_v.amin(-1), lo)                                 # -inf while a slot is empty
+
+
+def _above(scores: torch.Tensor, floor: torch.Tensor, lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores [B, C, t] above floor [B, C] (per row, ascending position): values and ids + lo [B, C, m], padded
+    with -inf / -1 to m = the most any row has."""
+    B, C, t = scores.shape
+    b, c, j = (scores > floor[..., None]).nonzero(as_tuple=True)               # row-major: positions ascending
+    row = b * C + c
+    counts = torch.bincount(row, minlength=B * C)
+    m = int(counts.max()) if row.numel() else 0
+    slot = torch.arange(row.numel(), device=scores.device) - (counts.cumsum(0) - counts)[row]
+    vals = scores.new_full((B * C, m), float("-inf"))
+    ids = torch.full((B * C, m), -1, dtype=torch.long, device=scores.device)
+    vals[row, slot], ids[row, slot] = scores[b, c, j], j + lo
+    return vals.view(B, C, m), ids.view(B, C, m)
+
+
+def _merge(best_v, best_i, new_v, new_i, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running top-k of earlier tiles (lower ids first) and a new tile's: exact, ties still to the lower id."""
+    if new_v.shape[-1] == 0:
+        return best_v, best_i
+    v, i = torch.cat([best_v, new_v], dim=-1), torch.cat([best_i, new_i], dim=-1)
+    top = stable_topk(v, k)
+    return _take(v, top), torch.where(top >= 0, i.gather(-1, top.clamp(min=0)), -1)
+
+
+def _take(scores: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """scores [..., n] at positions top [..., k] (-1 -> -inf)."""
+    return scores.gather(-1, top.clamp(min=0)).masked_fill_(top < 0, float("-inf"))
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest finite scores per row, ties broken towards lower indices; -1 pads. [..., N] -> [..., k].
+    """Indices of the k largest finite scores per row in ascending order, ties broken towards lower indices; -1
+    pads. [..., N] -> [..., k].
 
     Exact ties are common (ReLU zeros), and torch.topk breaks them by memory layout, so prefill (many trailing
-    invisible entries) and decode (none) could pick different sets. Two O(N) top-k passes fix the order.
+    invisible entries) and decode (none) could pick different sets. Eager calls whose k-th value has no tie outside
+    the top-k (the usual case) take torch.topk's set; otherwise two O(N) top-k passes fix the order.
     """
     n = scores.shape[-1]
     if k == 0:
         return scores.new_zeros(*scores.shape[:-1], 0, dtype=torch.long)
-    kth = scores.topk(k, dim=-1).values[..., -1:]                          # the k-th largest value
+    vals, idx = scores.topk(k, dim=-1)
+    kth = vals[..., -1:]                                                   # the k-th largest value
+    if not torch.compiler.is_compiling() and bool(((scores >= kth).sum(-1) == k).all()):
+        idx = torch.where(vals > float("-inf"), idx, n).sort(dim=-1).values   # a unique set: order it by id
+        return torch.where(idx < n, idx, -1)
     above, tied = scores > kth, scores == kth
     room = k - above.sum(-1, keepdim=True)                                 # tied slots still to fill
     chosen = (above | (tied & (tied.cumsum(-1) <= room))) & (scores > float("-inf"))

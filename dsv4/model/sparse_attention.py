@@ -1,26 +1,49 @@
 """Core attention over (sliding window ∪ compressed entries) with per-head sinks, in query chunks.
 
 Plain PyTorch: softmax statistics in fp32, P cast to the value dtype for the PV product (as the reference kernel).
-Memory per chunk is O(C * H * (C + W + n_compressed)), so long prefills never build an S x S score matrix.
+Memory per chunk is O(C * H * (C + W + n_compressed)), so long prefills never build an S x S score matrix; HCA
+entries are decoded once per call (only the visible ones in eager mode), CSA entries gathered per query chunk.
 """
 import torch
+
+from dsv4.cache import CompressorCache
 
 QUERY_CHUNK = 128
 
 
-def sparse_attention(q: torch.Tensor, window: torch.Tensor, window_ok: torch.Tensor, entries: torch.Tensor | None,
-                     selected: torch.Tensor | None, pos: torch.Tensor, ratio: int, sink: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+def visible_entries(pos: torch.Tensor, ratio: int, capacity: int) -> int:
+    """How many leading entries any query at positions pos [B, S] may see. Eager: the exact count (a prefill skips
+    the storage not written yet); inside a compiled graph: the capacity (fixed shapes, no host sync)."""
+    if torch.compiler.is_compiling() or pos.numel() == 0:
+        return capacity
+    return min(capacity, (int(pos.max()) + 1) // ratio)
+
+
+def sparse_attention(q: torch.Tensor, window: torch.Tensor, window_ok: torch.Tensor,
+                     entries: CompressorCache | None, selected: torch.Tensor | None, pos: torch.Tensor, ratio: int,
+                     sink: torch.Tensor, scale: float) -> torch.Tensor:
     """q: [B, S, H, D]; window: [B, W+S, D] (index j = position start-W+j) with validity window_ok [B, W+S];
-    entries: [B, N, D] compressed entries or None; selected: [B, S, k] entry ids per query (-1 = none) for CSA,
-    None for HCA (every visible entry); pos: [B, S]. Returns [B, S, H, D] in q's dtype."""
+    entries: the compressor's cache or None; selected: [B, S, k] entry ids per query (-1 = none) for CSA, None for
+    HCA (every visible entry); pos: [B, S]. Returns [B, S, H, D] in q's dtype."""
     S = q.shape[1]
-    out = [_chunk(q, window, window_ok, entries, selected, pos, ratio, sink, scale, c0, min(S, c0 + QUERY_CHUNK))
+    compressed = None
+    if entries is not None and selected is None:                   # HCA: every visible entry
+        hca = entries.read(0, visible_entries(pos, ratio, entries.capacity))       # [B, n, D]
+        ids = torch.arange(hca.shape[1], device=q.device)
+
+        def compressed(c0, c1):
+            return hca, ids < ((pos[:, c0:c1] + 1) // ratio)[..., None]
+    elif entries is not None:                                      # CSA: the indexer's picks
+
+        def compressed(c0, c1):
+            idx = selected[:, c0:c1]
+            return entries.gather(idx.clamp(min=0)), idx >= 0      # [B, C, k, D], [B, C, k]
+    out = [_chunk(q, window, window_ok, compressed, sink, scale, c0, min(S, c0 + QUERY_CHUNK))
            for c0 in range(0, S, QUERY_CHUNK)]
     return torch.cat(out, dim=1)
 
 
-def _chunk(q, window, window_ok, entries, selected, pos, ratio, sink, scale, c0, c1):
+def _chunk(q, window, window_ok, compressed, sink, scale, c0, c1):
     W = window.shape[1] - q.shape[1]
     qc = q[:, c0:c1].float()
     keys = window[:, c0 + 1:c1 + W]                                # the band any query of the chunk can see
@@ -28,16 +51,12 @@ def _chunk(q, window, window_ok, entries, selected, pos, ratio, sink, scale, c0,
     ok = ((band >= 0) & (band < W))[None] & window_ok[:, None, c0 + 1:c1 + W]       # [B, C, L]
     logits = [_masked_scores(torch.einsum("bchd,bld->bchl", qc, keys.float()), ok, scale)]
     values = [(keys, "bchl,bld->bchd")]
-    if entries is not None and selected is None:                   # HCA: every visible entry
-        visible = torch.arange(entries.shape[1], device=q.device) < ((pos[:, c0:c1] + 1) // ratio)[..., None]
-        logits.append(_masked_scores(torch.einsum("bchd,bnd->bchn", qc, entries.float()), visible, scale))
-        values.append((entries, "bchn,bnd->bchd"))
-    elif entries is not None:                                      # CSA: the indexer's picks
-        idx = selected[:, c0:c1]
-        rows = torch.arange(idx.shape[0], device=q.device)[:, None, None]
-        picked = entries[rows, idx.clamp(min=0)]                   # [B, C, k, D]
-        logits.append(_masked_scores(torch.einsum("bchd,bckd->bchk", qc, picked.float()), idx >= 0, scale))
-        values.append((picked, "bchk,bckd->bchd"))
+    if compressed is not None:
+        ent, visible = compressed(c0, c1)                          # [B, n, D] shared or [B, C, k, D] per query
+        per_query = ent.dim() == 4
+        logits.append(_masked_scores(torch.einsum("bchd,bckd->bchk" if per_query else "bchd,bnd->bchn", qc,
+                                                  ent.float()), visible, scale))
+        values.append((ent, "bchk,bckd->bchd" if per_query else "bchn,bnd->bchd"))
     scores = torch.cat(logits, dim=-1)                             # [B, C, H, L + n]
     sink = sink.float()[None, None, :]
     top = torch.maximum(scores.amax(-1), sink)                     # sinks keep fully-masked rows finite

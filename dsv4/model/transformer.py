@@ -86,8 +86,9 @@ class Transformer(HCHead):
         self.mtp = nn.ModuleList(MTPBlock(cfg, n + j) for j in range(cfg.num_nextn_predict_layers))
         self.dtype = torch.get_default_dtype()  # activation dtype; set by cast_model (weights may be quantized)
 
-    def make_cache(self, batch_size: int = 1) -> ModelCache:
-        return make_cache(self.cfg, batch_size, self.dtype, self.norm.weight.device)
+    def make_cache(self, batch_size: int = 1, kv_dtype: str = "auto") -> ModelCache:
+        """An empty cache in the model's activation dtype and device; kv_dtype: its entry storage (dsv4.cache)."""
+        return make_cache(self.cfg, batch_size, self.dtype, self.norm.weight.device, kv_dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None,
                 last_only: bool = False) -> torch.Tensor:

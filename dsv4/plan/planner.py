@@ -17,7 +17,7 @@ from dsv4.presets import PRESETS
 from dsv4.quant.recipes import Recipe
 
 from .errors import PlanError
-from .kv import KV_ITEMSIZE, kv_bytes, kv_bytes_per_token, kv_read_bytes
+from .kv import KV_DTYPES, kv_bytes, kv_bytes_per_token, kv_read_bytes
 from .placement import Item, Split, place
 from .system import System
 from .weights import TensorInfo, WeightBytes, count_parameters, tensor_inventory, weight_bytes
@@ -75,8 +75,8 @@ class Workload:
                             f"{cfg.max_position_embeddings:,} (max_position_embeddings)")
         if self.batch < 1:
             raise PlanError(f"batch size must be >= 1, found {self.batch}")
-        if self.kv_dtype not in KV_ITEMSIZE:
-            raise PlanError(f"unknown KV dtype {self.kv_dtype!r}; valid: {', '.join(KV_ITEMSIZE)}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise PlanError(f"unknown KV dtype {self.kv_dtype!r}; valid: {', '.join(KV_DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -110,14 +110,14 @@ def make_plan(facts: ModelFacts, w: WeightBytes, workload: Workload, system: Sys
     """Plan `workload` with weights `w` (from `facts.weights(recipe)`) on `system`."""
     cfg, batch = facts.cfg, workload.batch
     workload.check(cfg)
-    itemsize = KV_ITEMSIZE[workload.kv_dtype]
-    kv = kv_bytes(cfg, workload.context, batch, itemsize)
-    kv_read = kv_read_bytes(cfg, workload.context, itemsize) * batch
+    itemsize, storage = KV_DTYPES[workload.kv_dtype]
+    kv = kv_bytes(cfg, workload.context, batch, itemsize, storage)
+    kv_read = kv_read_bytes(cfg, workload.context, itemsize, storage) * batch
     picked = 1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** batch
     items = [Item("dense", w.dense, 1, 1.0), Item("kv", kv, 1, kv_read / kv, disk_ok=False),
              Item("experts", cfg.num_hidden_layers * cfg.n_routed_experts, w.expert, picked),
              Item("embed", cfg.vocab_size, w.embed_row, min(1.0, batch / cfg.vocab_size))]
     tiers = system.tiers()
     fits = w.memory + kv <= tiers[0].capacity
-    return Plan(facts, w, workload, system, kv, kv_bytes_per_token(cfg, workload.context, itemsize), kv_read,
+    return Plan(facts, w, workload, system, kv, kv_bytes_per_token(cfg, workload.context, itemsize, storage), kv_read,
                 fits, place(items, tiers))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .catalog import GIB, Memory
+from .kv import KV_DTYPES, kv_bytes_per_token
 from .ladder import Quality
 from .placement import Split
 from .planner import ASSUMPTIONS, Plan
@@ -68,7 +69,9 @@ def format_plan(plan: Plan) -> str:
               + [["total", gib(w.total), gib(w.memory)], ["MTP block", gib(w.mtp), "-"],
                  ["read per token", "-", gib(plan.active_weight_bytes)]])
     kv = (f"KV cache: {plan.kv_bytes_per_token:,.0f} B per token, {gib(plan.kv_bytes)} GiB at {wl.context:,} "
-          f"tokens x {wl.batch} (a step reads {gib(plan.kv_read)} GiB)")
+          f"tokens x {wl.batch} (a step reads {gib(plan.kv_read)} GiB); per token: "
+          + ", ".join(f"{name} {kv_bytes_per_token(cfg, wl.context, *KV_DTYPES[name]):,.0f} B"
+                      for name in ("bf16", "official")))
     expert = f"one routed expert: {w.expert / 2**20:.2f} MiB, the same in the file, in RAM and on the device"
     machine = " + ".join(memory_line(m) for m in plan.system.memories())
     need = f"needs {gib(w.memory + plan.kv_bytes)} GiB, {plan.system.headroom:.0%} of memory kept free"
