@@ -28,13 +28,15 @@ class ScriptedModel:
     Positions come from a real (tiny) cache, so every engine cache operation runs as with a real model.
     """
 
+    dtype = torch.float32  # the engine picks the cache's storage from it
+
     def __init__(self, script: list[int], prompt_len: int):
         self.cfg = ModelConfig(**{**ModelConfig.preset("tiny").__dict__, "vocab_size": 129280,
                                   "max_position_embeddings": 512})
         self.script, self.prompt_len = script, prompt_len
 
-    def make_cache(self, batch_size: int = 1):
-        return make_cache(self.cfg, batch_size)
+    def make_cache(self, batch_size: int = 1, **storage):
+        return make_cache(self.cfg, batch_size, **storage)
 
     def hidden_streams(self, ids: torch.Tensor, cache) -> torch.Tensor:
         pos = cache.pos[:, None] + torch.arange(ids.shape[1])
