@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from dsv4.config import ModelConfig  # noqa: E402
 from dsv4.model.transformer import Transformer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+MMAP_THRESHOLD = 1 << 17
 # Tiny widths, official schedule pieces: sliding window 128, CSA ratio 4 (1-head indexer, top-64), HCA ratio 128,
 # and dims the QAT simulation accepts (64 non-RoPE + 8 RoPE channels, 32-dim indexer keys) so the official storage
 # applies.
@@ -99,13 +101,17 @@ def run(args) -> dict:
     """The worker in a fresh subprocess; its JSON lines gathered, with RSS relative to formula + overhead."""
     cmd = [sys.executable, __file__, "--worker", "--max-tokens", str(args.max_tokens), "--chunk", str(args.chunk),
            "--threads", str(args.threads), "--decode", str(args.decode), "--kv-dtype", args.kv_dtype]
-    lines = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()
+    # glibc raises its mmap threshold after freeing large blocks, so the per-chunk buffers (a few MiB) move to the
+    # heap and fragment it: RSS then creeps up with no live data behind it. A fixed threshold keeps them mmapped.
+    env = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), **os.environ}
+    lines = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout.splitlines()
     rows = [json.loads(line) for line in lines]
     points, decode = rows[:-1], rows[-1]
     overhead = points[0]["peak_rss"] - points[0]["formula_bytes"]
     for p in points + [decode]:
         p["rss_over_cache_plus_overhead"] = p["peak_rss"] / (p["formula_bytes"] + overhead)
     return {"config": BENCH, "chunk": args.chunk, "threads": args.threads, "kv_dtype": args.kv_dtype,
+            "malloc_mmap_threshold": env["MALLOC_MMAP_THRESHOLD_"],
             "fixed_overhead_bytes": overhead, "points": points, "decode": decode}
 
 
