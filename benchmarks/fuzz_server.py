@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ def answer_problem(path: str, status: int, content_type: str, body: bytes, doc: 
             except jsonschema.ValidationError as e:
                 return f"{status} not in the {shape} shape: {e.message[:200]}; body {text[:200]}"
         elif content_type.startswith("text/event-stream"):
-            for line in text.splitlines():
+            for line in re.split(r"\r\n|\r|\n", text):  # SSE's line ends only: str.splitlines also cuts at \x85
                 if line.startswith("data: ") and line != "data: [DONE]":
                     json.loads(line[6:])
         elif content_type.startswith("application/json"):
