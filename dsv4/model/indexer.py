@@ -52,8 +52,12 @@ class Indexer(nn.Module):
         best_v = torch.full((B, S, k), float("-inf"), device=x.device)          # running top-k: ascending ids,
         best_i = torch.full((B, S, k), -1, dtype=torch.long, device=x.device)  # then the empty slots (-inf, -1)
         n = visible_entries(pos, self.compressor.ratio, cache.capacity)
-        for lo in range(0, n, KEY_TILE):
-            keys = cache.read(lo, min(n, lo + KEY_TILE)).float()                 # [B, t, d_I], decoded once
+        # a compiled step scores its few queries against the whole storage: a loop over its symbolic size would
+        # specialise the graph to each capacity
+        tiles = [(0, n)] if torch.compiler.is_compiling() else [(lo, min(n, lo + KEY_TILE))
+                                                               for lo in range(0, n, KEY_TILE)]
+        for lo, hi in tiles:
+            keys = cache.read(lo, hi).float()                                    # [B, t, d_I], decoded once
             merged = [_merge(best_v[:, c:c + QUERY_CHUNK], best_i[:, c:c + QUERY_CHUNK],
                              *_tile_candidates(q[:, c:c + QUERY_CHUNK], w[:, c:c + QUERY_CHUNK], keys, lo,
                                                limit[:, c:c + QUERY_CHUNK], best_v[:, c:c + QUERY_CHUNK], k), k)
