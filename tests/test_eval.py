@@ -85,7 +85,8 @@ def test_the_greedy_loop_and_the_engine_decode_the_same_tokens():
     assert loop == engine and all(len(o) == 12 or o[-1] == 1 for o in loop)
 
 
-def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
+def train_one_step(tmp_path) -> None:
+    """A checkpoint at tmp_path/run/ckpt.pt: a tiny model trained one step on 8 task records."""
     from dsv4.train.loop import train
     from dsv4.train.task_data import task_records, write_jsonl
     from dsv4.train.train_config import TrainConfig
@@ -94,6 +95,10 @@ def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
     cfg = TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "run"), steps=1, batch_size=1,
                       micro_batch=1, seq_len=64, warmup=1)
     train(cfg, ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)))
+
+
+def test_eval_command_prints_one_accuracy_per_mode_as_json(tmp_path, capsys):
+    train_one_step(tmp_path)
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "2", "--max-tokens", "3",
                  "--json"]) == 0
@@ -146,14 +151,7 @@ def test_an_oracle_writing_the_training_conversations_scores_full_marks_at_every
 
 
 def test_eval_command_adds_the_phrasing_and_multi_turn_columns_when_asked(tmp_path, capsys):
-    from dsv4.train.loop import train
-    from dsv4.train.task_data import task_records, write_jsonl
-    from dsv4.train.train_config import TrainConfig
-
-    write_jsonl(task_records(8, seed=2), tmp_path / "d.jsonl")
-    cfg = TrainConfig(data=[str(tmp_path / "d.jsonl")], out_dir=str(tmp_path / "run"), steps=1, batch_size=1,
-                      micro_batch=1, seq_len=64, warmup=1)
-    train(cfg, ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)))
+    train_one_step(tmp_path)
     capsys.readouterr()
     args = ["eval", "--model", str(tmp_path / "run" / "ckpt.pt"), "--n", "2", "--max-tokens", "2", "--modes",
             "non_think", "think", "--phrased", "2", "--conversations", "1"]

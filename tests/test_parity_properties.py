@@ -25,12 +25,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, event, given, note, reject, settings, strategies as st
 
 from hf_reference import load_ours, save_hf, stable_topk
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 LONG = os.environ.get("DSV4_LONG_PARITY") == "1"
 SWA, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
@@ -127,14 +127,6 @@ def record_topk_choices(model) -> list[bool]:
         elif name == "DeepseekV4TopKRouter":
             module.register_forward_hook(router_hook)
     return flags
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @settings(max_examples=500 if LONG else 80, deadline=None, derandomize=not LONG, phases=list(Phase)[:-1],
