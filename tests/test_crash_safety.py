@@ -31,23 +31,21 @@ from safetensors import safe_open
 
 import dsv4
 from dsv4.cli import main
-from dsv4.config import ConfigError, ModelConfig
+from dsv4.config import ConfigError
 from dsv4.engine import Engine, EngineConfig, SamplingParams
 from dsv4.engine.prefix_store import PrefixStore, model_identity
-from dsv4.presets import PRESETS
 from dsv4.server.turns import TurnMemory
 from dsv4.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dsv4.train.loop import CHECKPOINT
-from dsv4.train.task_data import task_records, write_jsonl
 from dsv4.weights.checkpoint import CheckpointError as WeightsError
 from dsv4.weights.writer import save_model
+from test_train_resume import training_inputs
 from tiny_models import random_model
 
 SEED = 17
 DIMS = dict(hidden_size=128, q_lora_rank=128, head_dim=64, qk_rope_head_dim=16, o_lora_rank=64,
             moe_intermediate_size=128, n_routed_experts=4, num_hidden_layers=2, compress_ratios=[0, 4, 0])
 TRAIN_STEPS = 4
-TINY_V4_VOCAB = dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)  # as in test_train_resume
 NO_EOS = frozenset()
 GREEDY = SamplingParams(temperature=0, max_tokens=4)
 
@@ -308,10 +306,7 @@ def test_a_partial_output_named_with_our_own_process_id_is_an_old_one_and_is_rep
 
 @pytest.fixture(scope="module")
 def train_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    write_jsonl(task_records(40, seed=3), root / "tasks.jsonl")
-    (root / "model.json").write_text(json.dumps(ModelConfig(**TINY_V4_VOCAB).to_dict()))
-    return root
+    return training_inputs(tmp_path_factory.mktemp("train"))
 
 
 def _train_args(root: Path, out: str) -> list[str]:

@@ -35,18 +35,21 @@ def tokenizer():
     return load_tokenizer()
 
 
-def _oracle(tokenizer, mode: str):
-    """Continues a prompt exactly as the training conversation of its task does, through the next EOS."""
-    docs = [chat_document(task_record(t, TRAIN_MODE[mode]), tokenizer) for t in TASKS]
-
+def _continuing(docs, tokenizer):
+    """A generate function continuing each prompt as the training document it begins does, through the next EOS."""
     def generate(prompts):
         outputs = []
         for p in prompts:
-            doc = next(d for d in docs if d.ids[:len(p)] == p)
+            doc = next(d for d in docs if d.ids[:len(p)] == p and len(d.ids) > len(p))
             rest = doc.ids[len(p):]
             outputs.append(rest[:rest.index(tokenizer.eos_id) + 1])
         return outputs
     return generate
+
+
+def _oracle(tokenizer, mode: str):
+    """Continues a prompt exactly as the training conversation of its task does, through the next EOS."""
+    return _continuing([chat_document(task_record(t, TRAIN_MODE[mode]), tokenizer) for t in TASKS], tokenizer)
 
 
 @pytest.mark.parametrize("mode", EVAL_MODES)
@@ -123,14 +126,7 @@ def _conversation_oracle(tokenizer, mode: str, conversations):
 
     docs = [d for c in conversations for d in chat_documents(conversation_record(c, TRAIN_MODE[mode]), tokenizer)]
 
-    def generate(prompts):
-        outputs = []
-        for p in prompts:
-            doc = next(d for d in docs if d.ids[:len(p)] == p and len(d.ids) > len(p))
-            rest = doc.ids[len(p):]
-            outputs.append(rest[:rest.index(tokenizer.eos_id) + 1])
-        return outputs
-    return generate
+    return _continuing(docs, tokenizer)
 
 
 @pytest.mark.parametrize("mode", EVAL_MODES)

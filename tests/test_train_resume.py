@@ -24,12 +24,16 @@ STEPS = 4
 TINY_V4_VOCAB = dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
+def training_inputs(root):
+    """root with tasks.jsonl (40 task records) and model.json (the tiny config with V4's vocabulary)."""
     write_jsonl(task_records(40, seed=3), root / "tasks.jsonl")
     (root / "model.json").write_text(json.dumps(ModelConfig(**TINY_V4_VOCAB).to_dict()))
     return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return training_inputs(tmp_path_factory.mktemp("resume"))
 
 
 def _config(root, out: str) -> TrainConfig:
