@@ -1,21 +1,22 @@
 """`dsv4 plan`: what a config needs under a recipe (weights by group, KV cache), whether it fits a device, the
 split of experts over device / RAM / disk and the bandwidth-bound decode speed; `--table` for every recipe and
-catalog device, `--plot` for the speed chart."""
+catalog device, `--plot` for the speed chart; `--tp N` for N devices, one model-parallel rank each."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from dsv4.config import ConfigError
+from dsv4.config import ConfigError, ModelConfig
 from dsv4.plan.catalog import KINDS, names
 from dsv4.plan.errors import PlanError
 from dsv4.plan.kv import KV_DTYPES
 from dsv4.plan.ladder import catalog_systems, device_plans, read_quality, recipe_plans, speed_grid
 from dsv4.plan.planner import Plan, Workload, make_plan, model_facts, resolve_config
 from dsv4.plan.plot import plot_speeds
-from dsv4.plan.report import format_devices, format_ladder, format_plan, plan_dict
+from dsv4.plan.report import format_devices, format_ladder, format_plan, format_tp_plan, plan_dict, tp_dict
 from dsv4.plan.system import System, resolve
+from dsv4.plan.tensor_parallel import Link, check_tp, make_tp_plan
 from dsv4.quant.errors import QuantError
 from dsv4.quant.recipes import get_recipe
 
@@ -45,6 +46,15 @@ def register(subparsers) -> None:
                    f"default nvme-gen4: {names(('disk',))}")
     p.add_argument("--disk-bandwidth", type=float, help="disk read bandwidth in GB/s")
     p.add_argument("--headroom", type=float, default=0.1, help="fraction of each memory kept free (default 0.1)")
+    p.add_argument("--tp", type=int, default=1, metavar="N", help="N devices of the chosen kind, one model-parallel "
+                   "rank each (dsv4.parallel's split): per-device bytes and fit, speed of the slowest rank plus the "
+                   "collectives; each rank keeps its weights and the whole KV cache on its device (no offload, so "
+                   "--host and --disk are unused; default 1)")
+    p.add_argument("--interconnect", type=float, default=64.0, metavar="GB/s", help="with --tp: the bandwidth each "
+                   "device sends at (default 64, PCIe 5.0 x16; NVLink 4 on H100/H200: 450)")
+    p.add_argument("--link-latency", type=float, default=10.0, metavar="US", help="with --tp: the fixed cost of one "
+                   "collective in microseconds (default 10); a step has an fp32 all-reduce after the embedding, each "
+                   "layer's attention and MoE and each CSA indexer, and an all-gather of the logits")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     out.add_argument("--table", action="store_true", help="also print the recipe ladder and the device table")
@@ -69,18 +79,29 @@ def run(args: argparse.Namespace) -> int:
         context = args.context if args.context is not None else min(4096, cfg.max_position_embeddings)
         workload = Workload(context, args.batch, args.kv_dtype)
         workload.check(cfg)  # before the seconds-long meta build
+        link = check_parallel(args, cfg)
         facts = model_facts(cfg)
         plan = make_plan(facts, facts.weights(recipe), workload, system)
-        if args.json:
-            print(json.dumps({"config": args.config, **plan_dict(plan)}, indent=2))
+        if args.tp > 1:
+            tp = make_tp_plan(plan, recipe, args.tp, link)
+            report, text = tp_dict(tp), format_tp_plan(tp)
         else:
-            print(f"config {args.config}\n{format_plan(plan)}")
+            report, text = plan_dict(plan), format_plan(plan)
+        print(json.dumps({"config": args.config, **report}, indent=2) if args.json else f"config {args.config}\n{text}")
         if args.table or args.plot:
             print_tables(args, plan)
     except (PlanError, ConfigError, QuantError) as e:
         print(f"dsv4 plan: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_parallel(args: argparse.Namespace, cfg: ModelConfig) -> Link:
+    """The link of a --tp plan, once `cfg` is known to split into --tp ranks and no single-device table is asked."""
+    check_tp(cfg, args.tp)
+    if args.tp > 1 and (args.table or args.plot):
+        raise PlanError(f"--table and --plot compare single devices; they do not combine with --tp {args.tp}")
+    return Link(args.interconnect, args.link_latency)
 
 
 def print_tables(args: argparse.Namespace, plan: Plan) -> None:

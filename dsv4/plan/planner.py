@@ -113,11 +113,16 @@ def make_plan(facts: ModelFacts, w: WeightBytes, workload: Workload, system: Sys
     itemsize, storage = KV_DTYPES[workload.kv_dtype]
     kv = kv_bytes(cfg, workload.context, batch, itemsize, storage)
     kv_read = kv_read_bytes(cfg, workload.context, itemsize, storage) * batch
-    picked = 1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** batch
-    items = [Item("dense", w.dense, 1, 1.0), Item("kv", kv, 1, kv_read / kv, disk_ok=False),
-             Item("experts", cfg.num_hidden_layers * cfg.n_routed_experts, w.expert, picked),
-             Item("embed", cfg.vocab_size, w.embed_row, min(1.0, batch / cfg.vocab_size))]
     tiers = system.tiers()
     fits = w.memory + kv <= tiers[0].capacity
     return Plan(facts, w, workload, system, kv, kv_bytes_per_token(cfg, workload.context, itemsize, storage), kv_read,
-                fits, place(items, tiers))
+                fits, place(step_items(cfg, w, kv, kv_read, batch), tiers))
+
+
+def step_items(cfg: ModelConfig, w: WeightBytes, kv: int, kv_read: int, batch: int, world: int = 1) -> list[Item]:
+    """One device's bytes as placement items: its dense weights and the KV cache, its routed experts (each picked by
+    a step with probability 1 - (1 - k/E)^b) and its embedding rows; `world` ranks share the experts and rows."""
+    picked = 1 - (1 - cfg.num_experts_per_tok / cfg.n_routed_experts) ** batch
+    return [Item("dense", w.dense, 1, 1.0), Item("kv", kv, 1, kv_read / kv, disk_ok=False),
+            Item("experts", cfg.num_hidden_layers * cfg.n_routed_experts // world, w.expert, picked),
+            Item("embed", cfg.vocab_size // world, w.embed_row, min(1.0, batch / cfg.vocab_size))]

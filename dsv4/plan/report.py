@@ -6,6 +6,7 @@ from .kv import KV_DTYPES, kv_bytes_per_token
 from .ladder import Quality
 from .placement import Split
 from .planner import ASSUMPTIONS, Plan
+from .tensor_parallel import TP_ASSUMPTIONS, TensorParallelPlan
 
 
 def _tier_dict(m: Memory, split: Split) -> dict:
@@ -35,6 +36,30 @@ def plan_dict(plan: Plan) -> dict:
             "unplaced": dict(plan.split.unplaced), "assumptions": list(ASSUMPTIONS)}
 
 
+def _rank_dict(tp: TensorParallelPlan, rank: int) -> dict:
+    w, split, device = tp.ranks[rank], tp.splits[rank], tp.plan.system.device
+    return {"rank": rank, "weight_bytes": w.total, "memory_weight_bytes": w.memory,
+            "memory_weight_bytes_by_group": dict(w.in_memory), "kv_bytes": tp.plan.kv_bytes,
+            "total_bytes": tp.needs(rank), "capacity_bytes": int(device.memory_gib * GIB),
+            "usable_bytes": int(tp.capacity), "fits": tp.needs(rank) <= tp.capacity,
+            "experts": sum(s.units for s in split.shares if s.item == "experts"),
+            "read_bytes_per_step": sum(s.read_bytes for s in split.shares),
+            "seconds_per_step": sum(s.seconds for s in split.shares), "unplaced": dict(split.unplaced)}
+
+
+def tp_dict(tp: TensorParallelPlan) -> dict:
+    """`plan_dict` whose machine keys (fits, runs, decode_tokens_per_s; tiers and unplaced: the largest rank's) are
+    the `tp.world` devices', plus tp, the link, the collectives and one `per_device` row per rank."""
+    split = tp.splits[tp.largest]
+    return plan_dict(tp.plan) | {
+        "fits": tp.fits, "runs": tp.runs, "decode_tokens_per_s": tp.decode_tokens_per_s,
+        "tiers": [_tier_dict(tp.plan.system.device, split)], "unplaced": dict(split.unplaced),
+        "assumptions": list(ASSUMPTIONS + TP_ASSUMPTIONS), "tp": tp.world, "interconnect_gbs": tp.link.bandwidth_gbs,
+        "link_latency_us": tp.link.latency_us, "collectives_per_step": tp.collectives,
+        "comm_bytes_per_step": tp.comm_bytes, "comm_seconds_per_step": tp.comm_seconds,
+        "per_device": [_rank_dict(tp, r) for r in range(tp.world)]}
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; the first column left-aligned, the rest right-aligned."""
     widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
@@ -59,8 +84,8 @@ def memory_line(m: Memory) -> str:
     return f"{m.label} ({size}{m.bandwidth_gbs:g} GB/s)"
 
 
-def format_plan(plan: Plan) -> str:
-    """The human report of one plan."""
+def _model_lines(plan: Plan) -> list[str]:
+    """The model part of a report: parameters, weights by group, the expert size and the KV cache."""
     p, w, wl, cfg = plan.facts.params, plan.weights, plan.workload, plan.facts.cfg
     head = [f"recipe {w.recipe}, context {wl.context:,}, batch {wl.batch}, KV {wl.kv_dtype}",
             f"parameters: {p.total / 1e9:.2f} B total, {p.active / 1e9:.2f} B active per token "
@@ -73,13 +98,43 @@ def format_plan(plan: Plan) -> str:
           + ", ".join(f"{name} {kv_bytes_per_token(cfg, wl.context, *KV_DTYPES[name]):,.0f} B"
                       for name in ("bf16", "official")))
     expert = f"one routed expert: {w.expert / 2**20:.2f} MiB, the same in the file, in RAM and on the device"
+    return head + [table(["weights", "file GiB", "memory GiB"], groups), expert, kv]
+
+
+def format_plan(plan: Plan) -> str:
+    """The human report of one plan."""
+    w, cfg = plan.weights, plan.facts.cfg
     machine = " + ".join(memory_line(m) for m in plan.system.memories())
     need = f"needs {gib(w.memory + plan.kv_bytes)} GiB, {plan.system.headroom:.0%} of memory kept free"
-    return "\n".join(head + [table(["weights", "file GiB", "memory GiB"], groups), expert, kv, f"machine: {machine}",
-                             f"fits on the device: {'yes' if plan.fits else 'no'} ({need})",
-                             format_split(plan), f"decode: {speed(plan)} tokens/s "
-                             f"(k={cfg.num_experts_per_tok} of {cfg.n_routed_experts} experts per layer)",
-                             "assumptions: " + "; ".join(ASSUMPTIONS)])
+    return "\n".join(_model_lines(plan) + [
+        f"machine: {machine}", f"fits on the device: {'yes' if plan.fits else 'no'} ({need})", format_split(plan),
+        f"decode: {speed(plan)} tokens/s (k={cfg.num_experts_per_tok} of {cfg.n_routed_experts} experts per layer)",
+        "assumptions: " + "; ".join(ASSUMPTIONS)])
+
+
+def format_tp_plan(tp: TensorParallelPlan) -> str:
+    """The human report of a tensor-parallel plan: the model, then one row per device."""
+    plan, cfg, link = tp.plan, tp.plan.facts.cfg, tp.link
+    rows = [[str(r["rank"]), gib(r["memory_weight_bytes"]), gib(r["kv_bytes"]), gib(r["total_bytes"]),
+             gib(r["capacity_bytes"]), gib(r["usable_bytes"]), "yes" if r["fits"] else "no",
+             str(r["experts"]), gib(r["read_bytes_per_step"]), f"{r['seconds_per_step'] * 1e3:.2f}"]
+            for r in (_rank_dict(tp, rank) for rank in range(tp.world))]
+    fits = (f"fits on every device: {'yes' if tp.fits else 'no'} (the largest rank needs {gib(tp.needs(tp.largest))}"
+            f" GiB, {plan.system.headroom:.0%} of memory kept free)")
+    if not tp.fits:
+        fits += ("; with --tp each rank keeps its weights and the whole KV cache on its device (no offload to host "
+                 "RAM or disk), so this plan cannot run")
+    tokens = tp.decode_tokens_per_s
+    return "\n".join(_model_lines(plan) + [
+        f"machine: {tp.world} x {memory_line(plan.system.device)}, tensor parallel, links of "
+        f"{link.bandwidth_gbs:g} GB/s + {link.latency_us:g} µs per collective",
+        table(["rank", "weights GiB", "KV GiB", "total GiB", "device GiB", "usable GiB", "fits", "experts",
+               "read/step GiB", "ms/step"], rows), fits,
+        f"collectives: {tp.collectives} per step, {tp.comm_bytes / 2**20:.2f} MiB sent per device, "
+        f"{tp.comm_seconds * 1e3:.2f} ms",
+        f"decode: {'cannot run' if tokens is None else f'{tokens:.1f}'} tokens/s (k={cfg.num_experts_per_tok} of "
+        f"{cfg.n_routed_experts} experts per layer; the slowest rank's reads plus the collectives)",
+        "assumptions: " + "; ".join(ASSUMPTIONS + TP_ASSUMPTIONS)])
 
 
 def format_split(plan: Plan) -> str:
