@@ -34,6 +34,7 @@ class Indexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, ratio, overlap=True, eps=cfg.rms_norm_eps)
         self.scale = (self.head_dim * self.n_heads) ** -0.5
+        self.sum_heads = None  # model parallel (dsv4.parallel): adds the other ranks' heads to the scores
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return simulate_fp4_indexer(x) if self.simulate else x
@@ -60,22 +61,25 @@ class Indexer(nn.Module):
             keys = cache.read(lo, hi).float()                                    # [B, t, d_I], decoded once
             merged = [_merge(best_v[:, c:c + QUERY_CHUNK], best_i[:, c:c + QUERY_CHUNK],
                              *_tile_candidates(q[:, c:c + QUERY_CHUNK], w[:, c:c + QUERY_CHUNK], keys, lo,
-                                               limit[:, c:c + QUERY_CHUNK], best_v[:, c:c + QUERY_CHUNK], k), k)
+                                               limit[:, c:c + QUERY_CHUNK], best_v[:, c:c + QUERY_CHUNK], k,
+                                               self.sum_heads), k)
                       for c in range(0, S, QUERY_CHUNK)]
             best_v, best_i = (torch.cat(parts, dim=1) for parts in zip(*merged))
         return best_i
 
 
-def _tile_candidates(q, w, keys, lo: int, limit, best_v, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tile_candidates(q, w, keys, lo: int, limit, best_v, k: int, sum_heads=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One query chunk against one key tile: q [B, C, H, d], w [B, C, H], keys [B, t, d] (entries lo..lo+t-1),
     limit [B, C], best_v [B, C, k] the running top-k's values -> the tile's entries that may enter it (values
-    [B, C, m], global ids [B, C, m] ascending, -inf/-1 = none)."""
+    [B, C, m], global ids [B, C, m] ascending, -inf/-1 = none). sum_heads: [B, C, t] partial head sums -> totals."""
     B, C, H, _ = q.shape
     scores = (q.flatten(1, 2) @ keys.mT).relu_().view(B, C, H, -1)             # [B, C, H, t] (matmul: no einsum copy)
     if H == 1:                                                                 # one head: the weighted sum is a product
         scores = scores[:, :, 0].mul_(w)
     else:
         scores = torch.einsum("bshn,bsh->bsn", scores, w)                      # [B, C, t]
+    if sum_heads is not None:
+        scores = sum_heads(scores)
     eager = not torch.compiler.is_compiling()  # eagerly, host checks skip work (same result)
     if not eager or lo + keys.shape[1] > int(limit.min()):                    # some entries are not visible yet
         hidden = torch.arange(lo, lo + keys.shape[1], device=q.device) >= limit[..., None]

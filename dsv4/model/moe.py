@@ -66,21 +66,24 @@ class RoutedExperts(nn.ModuleList):
 
 
 @torch.compiler.disable  # data-dependent: torch.compile would specialise on every per-expert token count
-def grouped_expert_sum(experts, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def grouped_expert_sum(experts, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
+                       owned: range | None = None) -> torch.Tensor:
     """sum_k w_k E_{idx_k}(x) for x [T, d], weights / idx [T, k]: one call per active expert on its tokens, outputs
-    added in fp32 in ascending expert order. `experts`: len() = E and fetch(active ids) -> indexable. [T, d] fp32."""
+    added in fp32 in ascending expert order. `experts`: len() = E and fetch(active ids) -> indexable. owned: only
+    these experts' terms (model parallel: the rest are other ranks'). [T, d] fp32."""
     y = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     flat_idx = idx.flatten()
     order = flat_idx.argsort(stable=True)  # group (token, slot) pairs by expert: one GEMM per active expert
     counts = torch.bincount(flat_idx, minlength=len(experts)).tolist()
     tokens, slot_w = order // idx.shape[1], weights.flatten()[order]
-    active = experts.fetch([e for e, n in enumerate(counts) if n])
+    owned = range(len(experts)) if owned is None else owned
+    active = experts.fetch([e for e, n in enumerate(counts) if n and e in owned])
     begin = 0
     for e, n in enumerate(counts):
-        if n:
+        if n and e in owned:
             t = tokens[begin:begin + n]
             y.index_add_(0, t, active[e](x[t], slot_w[begin:begin + n]).float())
-            begin += n
+        begin += n
     return y
 
 

@@ -1,0 +1,7 @@
+"""Model parallelism on torch.distributed: the model split across ranks (`tensor_parallel`), the reference's
+per-rank tensor layout (`layout`), collectives (`comm`) and the engine in lockstep on every rank (`lockstep`)."""
+from dsv4.parallel.comm import Group, init_from_env
+from dsv4.parallel.layout import ParallelLayoutError, check_world, rank_file
+from dsv4.parallel.tensor_parallel import shard_model
+
+__all__ = ["Group", "ParallelLayoutError", "check_world", "init_from_env", "rank_file", "shard_model"]
