@@ -1,9 +1,14 @@
 """Tensor-parallel inference over gloo on this CPU, 2 and 4 ranks spawned by the test: the split model gives the
 one-rank model's logits (fp32, <= 1e-5) for prefill, chunked prefill and decode across CSA/HCA block boundaries,
 MTP included, on a config with every layer type and a hash layer; the engine in lockstep on every rank gives the
-one-rank engine's tokens (greedy and seeded sampling, batched rows, chunked prefill, speculative decoding)."""
+one-rank engine's tokens (greedy and seeded sampling, batched rows, chunked prefill, speculative decoding); each
+rank loads only its part of a checkpoint, and holds what `dsv4 plan --tp` says; `dsv4 generate` under torchrun
+prints what one process prints; a rank that dies ends the other with a clear error instead of a hang."""
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +134,128 @@ def test_each_rank_holds_its_share_of_the_split_weights(ranks):
 def test_a_world_size_the_model_cannot_split_is_a_clear_error():
     with pytest.raises(ParallelLayoutError, match="not multiples of 3: num_attention_heads = 8, o_groups = 4"):
         shard_model(_model(), Group(0, 3))
+
+
+# --- loading one rank's part --------------------------------------------------------------------------------------
+
+# FP8 blocks of 128 split whole at 2 ranks: wq_b 8 heads x 96 = 768 rows, wo_a 2 groups x 128, wo_b 256 columns
+FP8_DIMS = dict(hidden_size=128, q_lora_rank=128, num_attention_heads=8, head_dim=96, qk_rope_head_dim=32, o_groups=2,
+                o_lora_rank=128, index_n_heads=4, index_head_dim=64, moe_intermediate_size=128, n_routed_experts=8)
+
+
+def _load_worker(rank: int, world: int, port: int, out_dir: str, paths: list[str]) -> None:
+    from dsv4.parallel.load import load_rank_model
+    from dsv4.weights.loader import load_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        group, results = Group(rank, world), {}
+        with torch.no_grad():
+            if rank == 0:
+                results["reference"] = _logits(load_model(paths[0], dtype=torch.float32), 13, decode=8)
+            for path in paths:
+                model = load_rank_model(path, group, dtype=torch.float32)
+                results[path] = _logits(model, 13, decode=8)
+                results[f"{path} bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            resident = load_rank_model(paths[0], group).state_dict()  # bf16, as `dsv4 plan` assumes
+            results["resident"] = sum(t.numel() * t.element_size() for n, t in resident.items()
+                                      if not n.startswith("mtp."))  # the plan leaves MTP out
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_loads_only_its_part_of_an_official_checkpoint_or_a_per_rank_one(tmp_path):
+    """The official FP8/FP4 layout, read whole-checkpoint (positioned reads) and from `dsv4 convert
+    --model-parallel 2`: both give the one-rank model's logits; each rank holds less than the whole model."""
+    from dsv4.cli import main
+    from dsv4.weights.writer import save_model
+
+    official, per_rank = tmp_path / "official", tmp_path / "mp2"
+    save_model(random_model(seed=3, **{**CONFIG, **FP8_DIMS}), official, "FP4")
+    assert main(["convert", str(official), str(per_rank), "--model-parallel", "2"]) == 0
+    paths = [str(official), str(per_rank)]
+    mp.spawn(_load_worker, args=(2, _free_port(), str(tmp_path), paths), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    reference = results[0]["reference"]
+    for r in results:
+        for path in paths:
+            assert (r[path] - reference).abs().max() <= 1e-4 * reference.abs().max(), path
+    whole = sum(f.stat().st_size for f in official.glob("*.safetensors"))
+    assert all(r[f"{paths[0]} bytes"] < 0.75 * whole for r in results)
+    # each rank's resident weights are what `dsv4 plan --tp 2` says a device holds
+    plan = subprocess.run([sys.executable, "-m", "dsv4.cli", "plan", str(official / "config.json"), "--recipe", "FP4",
+                           "--tp", "2", "--json"], capture_output=True, text=True, check=True)
+    per_device = json.loads(plan.stdout)["per_device"]
+    for rank, r in enumerate(results):
+        assert abs(r["resident"] / per_device[rank]["memory_weight_bytes"] - 1) <= 0.05, (r["resident"], per_device)
+
+
+# --- the command line under torchrun ------------------------------------------------------------------------------
+
+def test_dsv4_generate_under_torchrun_answers_as_one_process(tmp_path):
+    """`torchrun --nproc-per-node 2 -m dsv4.cli generate` on the demo model (converted to BF16, which splits in 2)
+    prints what one process prints, and every rank exits."""
+    from dsv4.cli import main
+    from dsv4.engine.model_path import DEMO_MODEL_DIR
+
+    bf16 = tmp_path / "demo-bf16"
+    assert main(["convert", str(DEMO_MODEL_DIR), str(bf16), "--recipe", "BF16"]) == 0
+    command = ["-m", "dsv4.cli", "generate", "What is 58 + 27?", "--model", str(bf16), "--temperature", "0",
+               "--max-tokens", "60", "--no-thinking"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          f"--master-port={_free_port()}", *command], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout == one.stdout and one.stdout.strip()
+
+
+# --- faults -------------------------------------------------------------------------------------------------------
+
+def _fault_worker(rank: int, world: int, port: int, out_dir: str, dies: int) -> None:
+    """Rank `dies` exits abruptly after its third engine step; the survivor records what it saw and how fast."""
+    import time
+
+    from dsv4.parallel.lockstep import RankLostError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = shard_model(_model(), Group(rank, world))
+    config = EngineConfig(prefill_chunk=16, eos_ids=NO_EOS)
+    engine = LockstepEngine(model, config, Group(rank, world)) if rank == 0 else Engine(model, config)
+    if rank == dies:
+        real, steps = engine.step, []
+
+        def step():
+            steps.append(1)
+            if len(steps) > 3:
+                os._exit(3)
+            return real()
+        engine.step = step
+    start, error = time.monotonic(), None
+    try:
+        if rank == 0:
+            _engine_outputs(engine)
+        else:
+            follow(engine, Group(rank, world))
+    except RankLostError as e:
+        error = str(e)
+    torch.save({"error": error, "seconds": time.monotonic() - start}, os.path.join(out_dir, f"rank{rank}.pt"))
+    os._exit(0)
+
+
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_rank_that_dies_mid_generation_ends_the_other_with_a_clear_error(tmp_path, dies):
+    ctx = mp.start_processes(_fault_worker, args=(2, _free_port(), str(tmp_path), dies), nprocs=2, join=False,
+                             start_method="spawn")
+    for p in ctx.processes:
+        p.join(timeout=120)
+        assert not p.is_alive()
+    survivor = torch.load(tmp_path / f"rank{1 - dies}.pt")
+    assert survivor["error"] and "a model-parallel step failed" in survivor["error"], survivor
+    assert survivor["seconds"] < 60

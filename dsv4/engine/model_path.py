@@ -44,7 +44,8 @@ def load_for_inference(path: str | Path | None, dtype: str = "auto", expert_budg
     """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name or "auto" (see
     auto_dtype); expert_budget: None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see
     dsv4.offload); recipe: None keeps the stored formats (see load_model), a recipe name converts to it ("BF16":
-    dequantized)."""
+    dequantized). Under torchrun with several ranks: this rank's part of the model (dsv4.parallel)."""
+    from dsv4.parallel.launch import load_rank, parallel_group
     from dsv4.quant import UnknownFormatError
     from dsv4.weights.loader import load_model
 
@@ -52,6 +53,11 @@ def load_for_inference(path: str | Path | None, dtype: str = "auto", expert_budg
     dtype = auto_dtype(path) if dtype == "auto" else dtype
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype: expected a torch dtype name such as float32 or bfloat16, found {dtype!r}")
+    if parallel_group() is not None:
+        if expert_budget is not None or recipe is not None:
+            raise ValueError("--expert-budget and --recipe are not available across ranks yet: convert the "
+                             "checkpoint to the recipe first (dsv4 convert SRC DST --recipe R --model-parallel N)")
+        return load_rank(path, getattr(torch, dtype))
     try:
         return load_model(path, dtype=getattr(torch, dtype), expert_budget=expert_budget, recipe=recipe)
     except UnknownFormatError as e:

@@ -111,13 +111,16 @@ def load_model_or_explain(args: argparse.Namespace):
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine | None:
-    """An engine over `--model`; None after printing why there is none."""
+    """An engine over `--model`; None after printing why there is none. Under torchrun, ranks other than 0 follow
+    rank 0's engine inside this call and exit (dsv4.parallel.launch)."""
+    from dsv4.parallel.launch import new_engine
+
     model = load_model_or_explain(args)
     if model is None:
         return None
     try:
-        engine = Engine(model, EngineConfig(speculative=args.speculative, compile=bool(args.compile),
-                                            **prefix_cache_config(args)))
+        engine = new_engine(model, EngineConfig(speculative=args.speculative, compile=bool(args.compile),
+                                                **prefix_cache_config(args)))
     except ValueError as e:
         request_error(args.command, e)
         return None

@@ -6,6 +6,10 @@ then takes the same step: the same batch, prefill chunks, cache slots, prefix re
 an engine's step depends only on its inputs and the logits, which are the same bits on every rank (the head's
 slices are gathered). Sequences travel with their sampling generator, so sampled tokens agree too; each step
 rank 0 sends its tokens along and a rank that drew others stops with RanksDivergedError instead of going on.
+
+A step that fails on one rank (a rank that exited: gloo and NCCL report the broken connection at the next
+collective, within about a second) leaves the ranks' states apart for good: the step raises RankLostError on every
+rank that sees it, and the lockstep engine refuses every later step.
 """
 from __future__ import annotations
 
@@ -22,13 +26,26 @@ class RanksDivergedError(EngineError):
     """A rank sampled other tokens than rank 0 (its logits differed): its state can no longer be trusted."""
 
 
+class RankLostError(EngineError):
+    """A step failed on this rank (most often: another rank exited); the ranks can no longer run in lockstep."""
+
+
+def _lost(group: Group, error: Exception) -> RankLostError:
+    return RankLostError(f"rank {group.rank} of {group.world}: a model-parallel step failed "
+                         f"({type(error).__name__}: {str(error)[:300]}); the model is split across the ranks, so "
+                         "none can go on alone")
+
+
 class LockstepEngine(Engine):
     """Rank 0's engine. Use as Engine; `close()` releases the other ranks (their `follow` returns)."""
 
-    def __init__(self, model: Transformer, config: EngineConfig | None, group: Group):
+    def __init__(self, model: Transformer, config: EngineConfig | None, group: Group, on_lost=None):
+        """on_lost(error): called once when a step fails (the command line exits the process there)."""
         super().__init__(model, config)
-        self.group = group
+        self.group, self.on_lost = group, on_lost
         self._ops: list[tuple] = []
+        self._closed = False
+        self._lost: RankLostError | None = None
 
     def enqueue(self, seq: Sequence) -> Sequence:
         super().enqueue(seq)
@@ -42,14 +59,26 @@ class LockstepEngine(Engine):
         return event
 
     def step(self) -> list[TokenEvent]:
+        if self._lost is not None:
+            raise self._lost
         ops, self._ops = self._ops, []
-        self.group.broadcast(ops)
-        events = super().step()
-        self.group.broadcast(_tokens(events))
+        try:
+            self.group.broadcast(ops)
+            events = super().step()
+            self.group.broadcast(_tokens(events))
+        except Exception as e:
+            self._lost = _lost(self.group, e)
+            self._closed = True  # the other ranks are gone or will fail their own step
+            if self.on_lost is not None:
+                self.on_lost(self._lost)
+            raise self._lost from e
         return events
 
     def close(self) -> None:
-        self.group.broadcast([_STOP])
+        """Release the other ranks (once; later calls do nothing)."""
+        if not self._closed:
+            self._closed = True
+            self.group.broadcast([_STOP])
 
 
 def _tokens(events: list[TokenEvent]) -> list[tuple[int, int | None, str | None]]:
@@ -59,15 +88,18 @@ def _tokens(events: list[TokenEvent]) -> list[tuple[int, int | None, str | None]
 def follow(engine: Engine, group: Group) -> None:
     """Ranks other than 0: take rank 0's steps with `engine` (built like rank 0's) until it closes."""
     while True:
-        ops = group.broadcast()
-        for op in ops:
-            if op == _STOP:
-                return
-            if op[0] == "add":
-                engine.enqueue(op[1])
-            else:
-                engine.cancel(op[1])
-        mine = _tokens(engine.step())
-        theirs = group.broadcast()
+        try:
+            ops = group.broadcast()
+            for op in ops:
+                if op == _STOP:
+                    return
+                if op[0] == "add":
+                    engine.enqueue(op[1])
+                else:
+                    engine.cancel(op[1])
+            mine = _tokens(engine.step())
+            theirs = group.broadcast()
+        except Exception as e:
+            raise _lost(group, e) from e
         if mine != theirs:
             raise RanksDivergedError(f"rank {group.rank} sampled {mine[:4]}... where rank 0 sampled {theirs[:4]}...")

@@ -11,7 +11,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dsv4.chat import load_tokenizer
-from dsv4.engine import Engine, EngineConfig, EngineLoop
+from dsv4.engine import EngineConfig, EngineLoop
 from dsv4.model.transformer import Transformer
 from dsv4.server.app import HTTPLimits, create_app
 from dsv4.server.state import ServerState
@@ -26,7 +26,9 @@ def make_state(model: Transformer, *, model_name: str = "dsv4", api_key: str | N
     CLI compiles the decode step there, before the first request). With `config.prefix_cache_dir`, the answers'
     tokens (`turns.jsonl`) and stored Responses (`responses/`, unless `responses_dir` says where) are kept there
     too, next to the prefix caches; otherwise both live in memory only."""
-    engine = Engine(model, config)
+    from dsv4.parallel.launch import new_engine
+
+    engine = new_engine(model, config)  # under torchrun: the other ranks follow this one's engine
     if warm_up is not None:
         warm_up(engine)
     directory = engine.config.prefix_cache_dir

@@ -64,7 +64,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
         prepare_module(model, recipe)
         if recipe.quantizes:
-            _keep_bf16_islands(model, source)
+            keep_bf16_islands(model, source)
     if expert_budget is not None:
         entries = offload_experts(model, source, entries, expert_budget, fill_unit, device)
     for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
@@ -92,7 +92,7 @@ def stored_recipe(source: CheckpointSource) -> Recipe:
     return Recipe(STORED, **{g: next(iter(per_group.get(g, {"bf16"}))) for g in GROUPS})
 
 
-def _keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
+def keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
     """On meta: the fp32-island linears (head, compressors) the checkpoint stores in bf16 become Bf16Linear, and
     wo_a, when stored FP8 or bf16 (values exact in bf16), GroupedBf16Linear."""
     for name, module in list(model.named_modules()):
