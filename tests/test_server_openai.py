@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from dsv4.chat import encode_messages_ids
-from dsv4.engine import EngineConfig
+from dsv4.engine import Engine, EngineConfig
 from dsv4.server.choices import choice_seed
 from dsv4.server.run import BackgroundServer, make_state
 from tiny_models import random_model
@@ -155,6 +155,18 @@ def test_a_too_long_completion_prompt_is_413_naming_prompt(client, prompt):
         client.completions.create(model="tiny", prompt=prompt, max_tokens=2)
     assert info.value.status_code == 413
     assert info.value.body["param"] == "prompt" and info.value.body["code"] == "context_length_exceeded"
+
+
+def test_a_request_over_the_cache_budget_is_400_naming_max_tokens(model):
+    """The KV cache at prompt + max_tokens is over --cache-bytes: a 400 saying so, while a smaller max_tokens runs."""
+    budget = Engine(model, EngineConfig()).cache_bytes_for(32)  # room for the prompt and a few tokens
+    with BackgroundServer(make_state(model, model_name="tiny", config=EngineConfig(cache_bytes=budget))) as srv:
+        small = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            chat(small, max_tokens=200)
+        body = info.value.body
+        assert body["param"] == "max_tokens" and body["code"] == "cache_budget_exceeded" and "MiB" in body["message"]
+        assert chat(small, max_tokens=2).choices[0].message is not None
 
 
 def test_n_chat_choices_are_the_single_requests_with_each_choices_seed(client):

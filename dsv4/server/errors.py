@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 
 from dsv4.chat import ChatRequestError
 from dsv4.engine import ContextLengthError, EngineError, QueueFullError, SamplingError
+from dsv4.engine.errors import CacheBudgetError
 
 
 class APIError(Exception):
@@ -60,6 +61,8 @@ def from_library(exc: Exception, prompt_param: str = "messages") -> APIError:
         return APIError(429, str(exc), "rate_limit_error", code="queue_full")
     if isinstance(exc, ContextLengthError):
         return APIError(413, str(exc), param=prompt_param, code="context_length_exceeded")
+    if isinstance(exc, CacheBudgetError):  # fewer max_tokens can fit, so the request itself is what to change
+        return APIError(400, str(exc), param="max_tokens", code="cache_budget_exceeded")
     if isinstance(exc, (SamplingError, ChatRequestError)):
         return APIError(400, str(exc), param=exc.field)
     if isinstance(exc, EngineError):
