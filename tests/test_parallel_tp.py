@@ -259,3 +259,15 @@ def test_a_rank_that_dies_mid_generation_ends_the_other_with_a_clear_error(tmp_p
     survivor = torch.load(tmp_path / f"rank{1 - dies}.pt")
     assert survivor["error"] and "a model-parallel step failed" in survivor["error"], survivor
     assert survivor["seconds"] < 60
+
+
+def test_loading_a_per_rank_checkpoint_in_one_process_says_how_to_run_it(tmp_path):
+    from dsv4.cli import main
+    from dsv4.weights.checkpoint import CheckpointError
+    from dsv4.weights.loader import load_model
+    from dsv4.weights.writer import save_model
+
+    save_model(_model(), tmp_path / "full", "BF16")
+    assert main(["convert", str(tmp_path / "full"), str(tmp_path / "mp2"), "--model-parallel", "2"]) == 0
+    with pytest.raises(CheckpointError, match="per-rank checkpoint for 2 model-parallel ranks.*--nproc-per-node 2"):
+        load_model(tmp_path / "mp2")

@@ -6,6 +6,7 @@ Nothing is read until asked: `spec(name)` comes from the headers, `read(name)` l
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from dsv4.weights.safetensors_io import SafetensorsError, SafetensorsFile, Spec
 
 INDEX = "model.safetensors.index.json"
 RECIPE_FILE = "quantization.json"  # {"recipe": name}: written by `dsv4 convert` for the GGUF-format recipes
+
+
+_RANK_FILE = re.compile(r"model\d+-mp(\d+)\.safetensors")  # dsv4.parallel's per-rank files
 
 
 class CheckpointError(ValueError):
@@ -59,6 +63,12 @@ class Checkpoint:
         if not (self.path / "config.json").exists():
             raise CheckpointError(f"{self.path}: no config.json")
         self.config = ModelConfig.from_file(self.path / "config.json")
+        worlds = sorted({m.group(1) for f in self.path.glob("model*-mp*.safetensors")
+                         if (m := _RANK_FILE.fullmatch(f.name))})
+        if worlds:
+            raise CheckpointError(f"{self.path}: a per-rank checkpoint for {' or '.join(worlds)} model-parallel ranks "
+                                  f"(model{{r}}-mp{{N}}.safetensors): run it with that many processes, e.g. torchrun "
+                                  f"--nproc-per-node {worlds[0]} -m dsv4.cli serve --model {self.path}")
         self.files = checkpoint_files(self.path)
         self._shards: dict[Path, SafetensorsFile] = {}
         self.recipe = self._read_recipe()
