@@ -189,7 +189,10 @@ def test_connections_past_the_bound_are_refused_and_the_rest_still_served(model)
                           limits=HTTPLimits(max_connections=3)) as srv:
         held = [_connect(srv) for _ in range(3)]
         with httpx.Client(base_url=srv.url, timeout=30) as client:
-            assert client.get("/health").status_code == 503  # uvicorn's own plain answer
+            busy = client.get("/health")
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "server_busy"
+            anthropic_busy = client.post("/v1/messages", json={})
+            assert anthropic_busy.status_code == 503 and anthropic_busy.json()["type"] == "error"
             for sock in held:
                 sock.close()
             time.sleep(0.2)

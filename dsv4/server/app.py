@@ -41,7 +41,7 @@ _MAYBE_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]|\xed[\xa0-\xbf]")  # escap
 class HTTPLimits:
     """What one client may hold. Body: size and time to arrive (`BodyLimits`); the rest is the HTTP protocol's
     (`run.GuardedH11`): time to send a request head, time the server waits on a client that stopped reading an
-    answer, idle keep-alive, and connections at once (uvicorn answers 503 past it)."""
+    answer, idle keep-alive, and connections at once (503 past it, in the API's error shape)."""
 
     max_body_bytes: int = 32 * 2**20  # Claude Code's requests are ~80 KB; long-context ones reach MBs
     body_timeout_s: float = 60.0

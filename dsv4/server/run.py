@@ -14,6 +14,7 @@ from dsv4.chat import load_tokenizer
 from dsv4.engine import EngineConfig, EngineLoop
 from dsv4.model.transformer import Transformer
 from dsv4.server.app import HTTPLimits, create_app
+from dsv4.server.errors import APIError
 from dsv4.server.state import ServerState
 from dsv4.server.stored_responses import ResponseStore
 from dsv4.server.turns import TurnMemory
@@ -41,12 +42,24 @@ class GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with the two deadlines it lacks: a request head must arrive within `head_timeout_s`
     of the connection opening or of the previous answer (uvicorn times only idle keep-alive, so a client trickling
     its headers, slowloris, held a connection for ever), and a client that stops reading an answer for
-    `stall_timeout_s` is cut: its request then sees a disconnect and `Generation.events` cancels the generation."""
+    `stall_timeout_s` is cut: its request then sees a disconnect and `Generation.events` cancels the generation.
+    Past `max_connections` it answers 503 in the API's JSON error shape (uvicorn's own answer is plain text)."""
 
     def __init__(self, *args, limits: HTTPLimits, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._stall: asyncio.TimerHandle | None = None
+        limit, self.limit_concurrency = self.limit_concurrency, None  # uvicorn's check, made here instead
+        if limit is not None:
+            self.app = partial(self._bounded, self.app, limit)
+
+    async def _bounded(self, app, limit: int, scope, receive, send) -> None:
+        """uvicorn's bound (connections or running requests at most `limit`, this one counted)."""
+        if len(self.connections) > limit or len(self.tasks) > limit:
+            busy = APIError(503, f"the server is at its limit of {limit} connections; retry later",
+                            "server_error", code="server_busy")
+            return await busy.response(scope.get("path", ""), {"connection": "close"})(scope, receive, send)
+        return await app(scope, receive, send)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
