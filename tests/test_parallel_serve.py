@@ -1,29 +1,19 @@
 """`dsv4 serve` under torchrun with 2 ranks (gloo, this CPU) answers the OpenAI client exactly as one process does:
 whole and streamed answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so
 that its FP8 blocks do not have to split)."""
-import os
-import socket
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
 
 from dsv4.cli import main
 from dsv4.engine.model_path import DEMO_MODEL_DIR
 from dsv4.train.calculator import CALCULATOR_TOOL
+from server_process import free_port, start_server, stop_server
 
 QUESTIONS = ["What is 58 + 27?", "Sort 5, 2, 9, 1.", "How many r are in strawberry?", "What is 7 * 8?",
              "What day is 3 days after Monday?", "What is 90 - 45?", "How many minutes is 2 hours?", "hi"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +21,6 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "bf16"
     assert main(["convert", str(DEMO_MODEL_DIR), str(path), "--recipe", "BF16"]) == 0
     return path
-
-
-def _serve(launcher: list[str], model_dir, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, "-m", "dsv4.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--no-compile", "--model-name", "demo"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dsv4 serve exited: {proc.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("dsv4 serve did not start within 300 s")
 
 
 def _answers(port: int) -> dict:
@@ -72,23 +44,18 @@ def _answers(port: int) -> dict:
 
 
 def _run(launcher: list[str], model_dir) -> dict:
-    port = _free_port()
-    proc = _serve(launcher, model_dir, port)
+    port = free_port()
+    proc = start_server(["--model", str(model_dir), "--no-compile", "--model-name", "demo"], port, launcher)
     try:
         return _answers(port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            raise
+        stop_server(proc)
 
 
 def test_two_ranks_serve_exactly_what_one_process_serves(model_dir):
     one = _run([sys.executable], model_dir)
     two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                f"--master-port={_free_port()}"], model_dir)
+                f"--master-port={free_port()}"], model_dir)
     assert one["tool"] and one["tool"][0][0] == "calculator"
     assert all(one["concurrent"]) and one["whole"][0] and one["streamed"]
     assert two == one
