@@ -95,12 +95,13 @@ class EngineLoop:
         return True
 
     def _step(self) -> list[TokenEvent]:
-        """One engine step; if it fails, every live request ends with finish_reason "error" and the thread lives."""
+        """One engine step; if it fails, the requests it was running (their caches may be half written) end with
+        finish_reason "error", the waiting ones still run, and the thread lives."""
         try:
             return self.engine.step()
         except Exception:  # a bug in one step must not kill the worker that serves everyone else
-            log.exception("engine step failed; ending all live requests")
-            ids = list(self.engine.sequences)
+            log.exception("engine step failed; ending the requests it was running")
+            ids = [seq.seq_id for seq in self.engine.scheduler.running]
             for seq_id in ids:
                 self.engine.cancel(seq_id)
             return [TokenEvent(seq_id, None, finish_reason="error") for seq_id in ids]
