@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "soak_server.json"
+sys.path.insert(0, str(ROOT / "tests"))
+from server_process import free_port, start_server  # noqa: E402
 MAX_BODY = 1_000_000  # --max-body-bytes: oversize requests are cheap to send
 MAX_TOKENS = 16
 PROMPTS = ["Hi there", "What is the capital of France?", "Write a haiku about rust.", "Count from one to ten.",
@@ -148,26 +149,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, responses_dir: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dsv4.cli", "serve", "--port", str(port), "--model-name", "demo",
-           "--max-body-bytes", str(MAX_BODY), "--responses-dir", responses_dir, "--max-running", "16"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dsv4 serve exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(1)
-    raise RuntimeError("dsv4 serve did not start within 300 s")
+def launch(port: int, responses_dir: str) -> subprocess.Popen:
+    return start_server(["--model-name", "demo", "--max-body-bytes", str(MAX_BODY), "--responses-dir", responses_dir,
+                         "--max-running", "16"], port)
 
 
 async def record_references(url: str) -> dict:
@@ -259,7 +243,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as responses_dir:
-        proc = start_server(port, responses_dir)
+        proc = launch(port, responses_dir)
         try:
             result = asyncio.run(soak(f"http://127.0.0.1:{port}", proc.pid, args.minutes, args.clients, args.seed))
         finally:
