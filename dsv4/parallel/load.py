@@ -12,19 +12,16 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dsv4.config import ModelConfig
-from dsv4.model.transformer import Transformer, cast_model
+from dsv4.model.transformer import Transformer
 from dsv4.parallel.comm import Group
 from dsv4.parallel.layout import check_world
 from dsv4.parallel.rank_io import rank_worlds, read_rank_state
 from dsv4.parallel.tensor_parallel import connect, split_shapes
-from dsv4.quant import get_recipe, prepare_module
-from dsv4.quant.linear import native_float_linears
+from dsv4.quant import get_recipe
 from dsv4.weights.checkpoint import RECIPE_FILE, Checkpoint, CheckpointError
-from dsv4.weights.layout import plan
-from dsv4.weights.loader import keep_bf16_islands, fill_unit, stored_recipe
+from dsv4.weights.loader import fill_model, stored_recipe
 from dsv4.weights.sources import CheckpointSource
 
 
@@ -68,17 +65,7 @@ def load_rank_model(path: str | Path, group: Group, dtype: torch.dtype = torch.b
         split_shapes(model, group)
     state = RankState(path, read_rank_state(path, group.rank, group.world), recipe)
     source = CheckpointSource(state, model)  # strict: names, split shapes and formats
-    recipe = stored_recipe(source)
-    entries = plan(model, recipe)
-    cast_model(model, dtype)
-    with torch.device("meta"):
-        prepare_module(model, recipe)
-        if recipe.quantizes:
-            keep_bf16_islands(model, source)
-    for entry in tqdm(entries, desc=f"loading rank {group.rank} of {group.world}", unit="tensor", disable=None):
-        fill_unit(model, entry, source, device)
-    unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    assert not unfilled, f"plan() left {unfilled[:3]} unfilled"
-    model = native_float_linears(cast_model(model, dtype).eval())
+    model = fill_model(model, source, stored_recipe(source), dtype, device,
+                       f"loading rank {group.rank} of {group.world}")  # ExpertSlice stays unfused
     connect(model, group)
     return model

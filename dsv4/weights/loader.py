@@ -59,15 +59,23 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: st
     if recipe in (None, STORED):
         recipe = stored_recipe(source)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    return fill_model(model, source, recipe, dtype, device, f"loading {Path(path).name}", expert_budget)
+
+
+def fill_model(model: Transformer, source, recipe: Recipe, dtype: torch.dtype, device, desc: str,
+               expert_budget: OffloadConfig | str | int | None = None) -> Transformer:
+    """Fill the meta `model` from `source` (checked against it) with its matrices in `recipe`'s formats, ready for
+    inference in `dtype` on `device`; progress bar titled `desc`. (`dsv4.parallel.load` fills a rank's split model
+    the same way.)"""
     entries = plan(model, recipe)
     cast_model(model, dtype)  # on meta: sets every float dtype (fp32 islands; QuantEmbedding's output dtype)
     with torch.device("meta"):  # wo_a stays float (quant.transform.FLOAT_IN_MEMORY) with the recipe's rounding
         prepare_module(model, recipe)
         if recipe.quantizes:
-            keep_bf16_islands(model, source)
+            _keep_bf16_islands(model, source)
     if expert_budget is not None:
         entries = offload_experts(model, source, entries, expert_budget, fill_unit, device)
-    for entry in tqdm(entries, desc=f"loading {Path(path).name}", unit="tensor", disable=None):
+    for entry in tqdm(entries, desc=desc, unit="tensor", disable=None):
         fill_unit(model, entry, source, device)
     unfilled = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not unfilled, f"plan() left {unfilled[:3]} unfilled"
@@ -92,7 +100,7 @@ def stored_recipe(source: CheckpointSource) -> Recipe:
     return Recipe(STORED, **{g: next(iter(per_group.get(g, {"bf16"}))) for g in GROUPS})
 
 
-def keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
+def _keep_bf16_islands(model: nn.Module, source: CheckpointSource) -> None:
     """On meta: the fp32-island linears (head, compressors) the checkpoint stores in bf16 become Bf16Linear, and
     wo_a, when stored FP8 or bf16 (values exact in bf16), GroupedBf16Linear."""
     for name, module in list(model.named_modules()):
