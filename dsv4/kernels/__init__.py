@@ -11,6 +11,7 @@ the fast path. The PyTorch code stays the reference the kernels are tested again
     matmul(fmt, weight, scale, n, k, x) -> fp32 [..., n]
     dequantize(fmt, weight, scale, n, k, rows, dtype) -> [r, k] fp32 or bf16
     moe(...)                                             see `moe` below
+    index_topk(q, w, keys, lo, limit, heap_v, heap_i)    the lightning indexer's fused top-k, see below
     set_threads(n), threads(), read_probe(buffer)
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Library:
             "dsv4k_dequant": (ctypes.c_int, [ctypes.c_int, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, ctypes.c_int]),
             "dsv4k_moe": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, _I64, _PTR, _I64, _I64, _PTR, ctypes.c_int,
                                          _I64, _I64, _PTR, _PTR, ctypes.c_float, ctypes.c_int, _PTR]),
+            "dsv4k_index_topk": (ctypes.c_int, [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR,
+                                                _PTR]),
             "dsv4k_supports": (ctypes.c_int, [ctypes.c_int]),
             "dsv4k_set_threads": (ctypes.c_int, [ctypes.c_int]),
             "dsv4k_get_threads": (ctypes.c_int, []),
@@ -237,3 +240,20 @@ def moe(fmt_in: str, fmt_out: str, ptrs: torch.Tensor, dim: int, inter: int, x: 
                              inter, _ptr(x), is_bf16, x.shape[0], idx.shape[1], _ptr(idx), _ptr(weights),
                              float(limit), is_bf16, _ptr(out)), "moe", f"{fmt_in}/{fmt_out}")
     return out
+
+
+def index_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lo: int, limit: torch.Tensor,
+               heap_v: torch.Tensor, heap_i: torch.Tensor) -> None:
+    """Merge one key tile into each query's running top-k, in place (the lightning indexer; reference:
+    dsv4.model.indexer). q [B, S, H, d], w [B, S, H], keys [B, t, d] (entry ids lo..lo+t-1), limit [B, S] (entries
+    with id >= limit are hidden); heap_v fp32 / heap_i int64 [B, S, k]: a min-heap per row of the kept (score, id)
+    pairs, (-inf, -1) when empty. Start from all-empty heaps and pass tiles in ascending id order."""
+    lib = library()
+    B, S, H, d = q.shape
+    if not (heap_v.is_contiguous() and heap_i.is_contiguous() and heap_v.dtype == torch.float32
+            and heap_i.dtype == torch.int64):
+        raise KernelError("index_topk: heaps must be contiguous fp32 / int64 tensors")
+    q, w, keys = (t.to(torch.float32).contiguous() for t in (q, w, keys))
+    limit = limit.to(torch.int64).contiguous()
+    _check(lib.lib.dsv4k_index_topk(_ptr(q), _ptr(w), _ptr(keys), _ptr(limit), B, S, H, d, keys.shape[1], int(lo),
+                                    heap_v.shape[-1], _ptr(heap_v), _ptr(heap_i)), "index_topk", "fp32")

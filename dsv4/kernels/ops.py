@@ -1,7 +1,7 @@
 """The native entry points as torch custom ops (`torch.ops.dsv4.*`), so a torch.compile'd decode step keeps them as
 single opaque calls in its graph instead of breaking the graph at every ctypes call.
 
-`matmul` and `moe` here are what modules call: the plain ctypes function when running eagerly (no dispatcher
+`matmul`, `moe` and `index_topk` here are what modules call: the plain ctypes function when running eagerly (no dispatcher
 cost), the custom op while dynamo traces. The fake implementations give inductor the output's shape and dtype.
 """
 from __future__ import annotations
@@ -17,8 +17,19 @@ _LIB = torch.library.Library("dsv4", "DEF")
 _LIB.define("matmul(str fmt, Tensor weight, Tensor? scale, int n, int k, Tensor x) -> Tensor")
 _LIB.define("moe(str fmt_in, str fmt_out, Tensor ptrs, int dim, int inter, Tensor x, Tensor idx, Tensor weights, "
             "float limit) -> Tensor")
+_LIB.define("index_topk(Tensor q, Tensor w, Tensor keys, int lo, Tensor limit, Tensor heap_v, Tensor heap_i) "
+            "-> (Tensor, Tensor)")
 _LIB.impl("matmul", kernels.matmul, "CPU")
 _LIB.impl("moe", kernels.moe, "CPU")
+
+
+def _index_topk_copy(q, w, keys, lo, limit, heap_v, heap_i):
+    heap_v, heap_i = heap_v.clone(), heap_i.clone()  # functional for the graph: the op returns updated copies
+    kernels.index_topk(q, w, keys, lo, limit, heap_v, heap_i)
+    return heap_v, heap_i
+
+
+_LIB.impl("index_topk", _index_topk_copy, "CPU")
 
 
 @torch.library.register_fake("dsv4::matmul")
@@ -29,6 +40,11 @@ def _(fmt, weight, scale, n, k, x):
 @torch.library.register_fake("dsv4::moe")
 def _(fmt_in, fmt_out, ptrs, dim, inter, x, idx, weights, limit):
     return x.new_empty(x.shape[0], dim, dtype=torch.float32)
+
+
+@torch.library.register_fake("dsv4::index_topk")
+def _(q, w, keys, lo, limit, heap_v, heap_i):
+    return torch.empty_like(heap_v), torch.empty_like(heap_i)
 
 
 def matmul(fmt: str, weight: torch.Tensor, scale: torch.Tensor | None, n: int, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -44,3 +60,12 @@ def moe(fmt_in: str, fmt_out: str, ptrs: torch.Tensor, dim: int, inter: int, x: 
     if torch.compiler.is_compiling():
         return torch.ops.dsv4.moe(fmt_in, fmt_out, ptrs, dim, inter, x, idx, weights, float(limit))
     return kernels.moe(fmt_in, fmt_out, ptrs, dim, inter, x, idx, weights, limit)
+
+
+def index_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lo: int, limit: torch.Tensor,
+               heap_v: torch.Tensor, heap_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kernels.index_topk`: the heaps [B, S, k] after merging one key tile (updated in place when eager)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.dsv4.index_topk(q, w, keys, lo, limit, heap_v, heap_i)
+    kernels.index_topk(q, w, keys, lo, limit, heap_v, heap_i)
+    return heap_v, heap_i

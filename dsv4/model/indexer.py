@@ -8,12 +8,16 @@ Long contexts: keys are read (decoded) once per call in tiles of KEY_TILE entrie
 chunks of QUERY_CHUNK and merged into a running top-k, so memory stays O(QUERY_CHUNK * H * KEY_TILE) at any
 context. Eagerly, only a tile's scores above a query's running k-th best can enter (ties go to the lower id, which
 came earlier), so the per-entry work is a GEMM and a comparison; a compiled step (fixed shapes) takes each tile's
-top-k instead. Both give exactly the top-k of all scores.
+top-k instead. Both give exactly the top-k of all scores. With the native kernels (`dsv4.kernels.index_topk`, CPU)
+each tile is scored and merged into per-query heaps in one fused call that never writes a score out, eagerly and in
+compiled steps alike; this PyTorch code is its tested reference and runs under model parallelism (`sum_heads`).
 """
 import torch
 from torch import nn
 
+from dsv4 import kernels
 from dsv4.cache import CompressorCache
+from dsv4.kernels import ops
 from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.qat import simulate_fp4_indexer
@@ -57,6 +61,10 @@ class Indexer(nn.Module):
         # specialise the graph to each capacity
         tiles = [(0, n)] if torch.compiler.is_compiling() else [(lo, min(n, lo + KEY_TILE))
                                                                for lo in range(0, n, KEY_TILE)]
+        if self.sum_heads is None and x.device.type == "cpu" and kernels.backend() is not None:
+            for lo, hi in tiles:                                                 # fused: no score matrix at all
+                best_v, best_i = ops.index_topk(q, w, cache.read(lo, hi).float(), lo, limit, best_v, best_i)
+            return ascending_ids(best_i)
         for lo, hi in tiles:
             keys = cache.read(lo, hi).float()                                    # [B, t, d_I], decoded once
             merged = [_merge(best_v[:, c:c + QUERY_CHUNK], best_i[:, c:c + QUERY_CHUNK],
@@ -113,6 +121,13 @@ def _merge(best_v, best_i, new_v, new_i, k: int) -> tuple[torch.Tensor, torch.Te
     v, i = torch.cat([best_v, new_v], dim=-1), torch.cat([best_i, new_i], dim=-1)
     top = stable_topk(v, k)
     return _take(v, top), torch.where(top >= 0, i.gather(-1, top.clamp(min=0)), -1)
+
+
+def ascending_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Kept entry ids [..., k] in any order, -1 = empty -> ascending, the empty slots last."""
+    big = torch.iinfo(ids.dtype).max
+    ids = torch.where(ids >= 0, ids, big).sort(dim=-1).values
+    return torch.where(ids < big, ids, -1)
 
 
 def _take(scores: torch.Tensor, top: torch.Tensor) -> torch.Tensor:

@@ -49,27 +49,29 @@ def _chunk(q, window, window_ok, compressed, sink, scale, c0, c1):
     keys = window[:, c0 + 1:c1 + W]                                # the band any query of the chunk can see
     band = torch.arange(keys.shape[1], device=q.device)[None] - torch.arange(c1 - c0, device=q.device)[:, None]
     ok = ((band >= 0) & (band < W))[None] & window_ok[:, None, c0 + 1:c1 + W]       # [B, C, L]
-    logits = [_masked_scores(torch.einsum("bchd,bld->bchl", qc, keys.float()), ok, scale)]
-    values = [(keys, "bchl,bld->bchd")]
+    parts = [(_masked_scores(torch.einsum("bchd,bld->bchl", qc, keys.float()), ok, scale), keys, "bchl,bld->bchd")]
     if compressed is not None:
         ent, visible = compressed(c0, c1)                          # [B, n, D] shared or [B, C, k, D] per query
         per_query = ent.dim() == 4
-        logits.append(_masked_scores(torch.einsum("bchd,bckd->bchk" if per_query else "bchd,bnd->bchn", qc,
-                                                  ent.float()), visible, scale))
-        values.append((ent, "bchk,bckd->bchd" if per_query else "bchn,bnd->bchd"))
-    scores = torch.cat(logits, dim=-1)                             # [B, C, H, L + n]
+        parts.append((_masked_scores(torch.einsum("bchd,bckd->bchk" if per_query else "bchd,bnd->bchn", qc,
+                                                  ent.float()), visible, scale),
+                      ent, "bchk,bckd->bchd" if per_query else "bchn,bnd->bchd"))
+    # one softmax over all parts and the sink, without concatenating them: each part's scores become its
+    # probabilities' numerators in place
+    parts = [part for part in parts if part[0].shape[-1]]          # e.g. no HCA entry closed yet
     sink = sink.float()[None, None, :]
-    top = torch.maximum(scores.amax(-1), sink)                     # sinks keep fully-masked rows finite
-    p = torch.exp(scores - top[..., None])
-    denom = p.sum(-1) + torch.exp(sink - top)
-    out, at = 0, 0
-    for part, (v, eq) in zip(logits, values):
-        width = part.shape[-1]
-        out = out + torch.einsum(eq, p[..., at:at + width].to(v.dtype), v).float()
-        at += width
+    top = sink.expand(*qc.shape[:3])                               # sinks keep fully-masked rows finite
+    for scores, _, _ in parts:
+        top = torch.maximum(top, scores.amax(-1))
+    denom = torch.exp(sink - top)
+    out = 0
+    for scores, v, eq in parts:
+        p = scores.sub_(top[..., None]).exp_()
+        denom = denom + p.sum(-1)
+        out = out + torch.einsum(eq, p.to(v.dtype), v).float()
     return (out / denom[..., None]).to(q.dtype)
 
 
 def _masked_scores(s: torch.Tensor, ok: torch.Tensor, scale: float) -> torch.Tensor:
-    """s: [B, C, H, n] raw dot products; ok: [B, C, n] visibility -> scaled scores, -inf where hidden."""
-    return (s * scale).masked_fill(~ok[:, :, None, :], float("-inf"))
+    """s: [B, C, H, n] raw dot products; ok: [B, C, n] visibility -> scaled scores, -inf where hidden (in place)."""
+    return s.mul_(scale).masked_fill_(~ok[:, :, None, :], float("-inf"))
