@@ -1,6 +1,7 @@
-"""`dsv4 serve` under torchrun with 2 ranks (gloo, this CPU) answers the OpenAI client exactly as one process does:
-whole and streamed answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so
-that its FP8 blocks do not have to split)."""
+"""`dsv4 serve` under torchrun with 2 ranks (gloo, this CPU), tensor parallel and data-parallel attention with
+expert-parallel MoE (`--parallel dp-ep`), answers the OpenAI client exactly as one process does: whole and streamed
+answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so that its FP8 blocks
+do not have to split)."""
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,19 +44,25 @@ def _answers(port: int) -> dict:
             "concurrent": concurrent}
 
 
-def _run(launcher: list[str], model_dir) -> dict:
+def _run(launcher: list[str], model_dir, *flags: str) -> dict:
     port = free_port()
-    proc = start_server(["--model", str(model_dir), "--no-compile", "--model-name", "demo"], port, launcher)
+    proc = start_server(["--model", str(model_dir), "--no-compile", "--model-name", "demo", *flags], port, launcher)
     try:
         return _answers(port)
     finally:
         stop_server(proc)
 
 
-def test_two_ranks_serve_exactly_what_one_process_serves(model_dir):
+@pytest.fixture(scope="module")
+def one_process(model_dir):
     one = _run([sys.executable], model_dir)
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                f"--master-port={free_port()}"], model_dir)
     assert one["tool"] and one["tool"][0][0] == "calculator"
     assert all(one["concurrent"]) and one["whole"][0] and one["streamed"]
-    assert two == one
+    return one
+
+
+@pytest.mark.parametrize("mode", ["tp", "dp-ep"])
+def test_two_ranks_serve_exactly_what_one_process_serves(model_dir, one_process, mode):
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                f"--master-port={free_port()}"], model_dir, "--parallel", mode)
+    assert two == one_process

@@ -40,11 +40,12 @@ def auto_dtype(path: Path) -> str:
 
 
 def load_for_inference(path: str | Path | None, dtype: str = "auto", expert_budget: str | None = None,
-                       recipe: str | None = None):
+                       recipe: str | None = None, parallel: str = "tp"):
     """Load the model at `path` (or the demo model) for CPU inference; dtype: a torch dtype name or "auto" (see
     auto_dtype); expert_budget: None (all experts in memory) or a size such as "4GB" for the hot-expert cache (see
     dsv4.offload); recipe: None keeps the stored formats (see load_model), a recipe name converts to it ("BF16":
-    dequantized). Under torchrun with several ranks: this rank's part of the model (dsv4.parallel)."""
+    dequantized). Under torchrun with several ranks: this rank's part of the model for the parallel mode `parallel`
+    ("tp" or "dp-ep", see dsv4.parallel)."""
     from dsv4.parallel.launch import load_rank, parallel_group
     from dsv4.quant import UnknownFormatError
     from dsv4.weights.loader import load_model
@@ -57,7 +58,7 @@ def load_for_inference(path: str | Path | None, dtype: str = "auto", expert_budg
         if expert_budget is not None or recipe is not None:
             raise ValueError("--expert-budget and --recipe are not available across ranks yet: convert the "
                              "checkpoint to the recipe first (dsv4 convert SRC DST --recipe R --model-parallel N)")
-        return load_rank(path, getattr(torch, dtype))
+        return load_rank(path, getattr(torch, dtype), parallel)
     try:
         return load_model(path, dtype=getattr(torch, dtype), expert_budget=expert_budget, recipe=recipe)
     except UnknownFormatError as e:

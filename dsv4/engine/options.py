@@ -28,6 +28,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="run decode steps through torch.compile, compiled once at start-up (default: on for "
                         "serve, off for generate and chat: compiling takes ~30 s with inductor's cache warm, a few "
                         "minutes the first time, which a long-running server earns back and one answer does not)")
+    parser.add_argument("--parallel", choices=["tp", "dp-ep"], default="tp", help="under torchrun with several "
+                        "ranks: tp = tensor parallel (heads, output groups and vocabulary split, routed experts by "
+                        "index; every rank runs every request); dp-ep = data-parallel attention with expert-parallel "
+                        "MoE (each rank runs its own requests whole but for its share of the routed experts, which "
+                        "serve every rank's tokens; more memory per rank, more throughput for many requests)")
     parser.add_argument("--expert-budget", metavar="SIZE", help="keep routed experts on disk with a hot-expert cache "
                         "of SIZE in memory (e.g. 4GB, 512MiB; default: all experts in memory)")
     parser.add_argument("--prefix-cache-bytes", type=_size, metavar="SIZE", help="memory for cached prompt prefixes, "
@@ -100,7 +105,7 @@ def load_model_or_explain(args: argparse.Namespace):
     """The model for `--model` (or the demo model), with torch's thread count set for it (`--threads`); None after
     printing why it cannot be loaded."""
     try:
-        model = load_for_inference(args.model, args.dtype, args.expert_budget, args.recipe)
+        model = load_for_inference(args.model, args.dtype, args.expert_budget, args.recipe, args.parallel)
     except (ModelNotFoundError, ValueError) as e:
         print(f"dsv4 {args.command}: {e}", file=sys.stderr)
         return None

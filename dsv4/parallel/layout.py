@@ -58,28 +58,31 @@ def expert_range(n_experts: int, rank: int, world: int) -> range:
     return range(rank * per, (rank + 1) * per)
 
 
-def check_world(cfg: ModelConfig, world: int, rank: int = 0) -> None:
-    """Raise ParallelLayoutError unless `world` ranks can split this model and `rank` is one of them."""
+def check_world(cfg: ModelConfig, world: int, rank: int = 0, experts_only: bool = False) -> None:
+    """Raise ParallelLayoutError unless `world` ranks can split this model (only its routed experts with
+    `experts_only`) and `rank` is one of them."""
     if world < 1 or not 0 <= rank < world:
         raise ParallelLayoutError(f"rank {rank} is not in a world of {world} ranks")
-    sizes = {"num_attention_heads": cfg.num_attention_heads, "o_groups": cfg.o_groups,
-             "index_n_heads": cfg.index_n_heads, "n_routed_experts": cfg.n_routed_experts,
-             "vocab_size": cfg.vocab_size}
+    sizes = {"n_routed_experts": cfg.n_routed_experts}
+    if not experts_only:
+        sizes.update(num_attention_heads=cfg.num_attention_heads, o_groups=cfg.o_groups,
+                     index_n_heads=cfg.index_n_heads, vocab_size=cfg.vocab_size)
     bad = {k: v for k, v in sizes.items() if v % world}
     if bad:
         raise ParallelLayoutError(f"{world} ranks cannot split this model: not multiples of {world}: " + ", ".join(
             f"{k} = {v}" for k, v in bad.items()))
 
 
-def rank_slice(name: str, tensor: torch.Tensor, rank: int, world: int,
-               n_experts: int) -> torch.Tensor | None:
+def rank_slice(name: str, tensor: torch.Tensor, rank: int, world: int, n_experts: int,
+               experts_only: bool = False) -> torch.Tensor | None:
     """The part of `tensor` (official name `name`) that rank `rank` of `world` holds (a view), or None when the
-    rank holds none of it (another rank's routed expert)."""
+    rank holds none of it (another rank's routed expert). experts_only: only routed experts are split (data-parallel
+    attention with expert-parallel MoE); everything else is whole on every rank."""
     expert = expert_of(name)
     if expert is not None:
         return tensor if expert in expert_range(n_experts, rank, world) else None
     dim = split_dim(name)
-    if dim is None or world == 1:
+    if dim is None or world == 1 or experts_only:
         return tensor
     size = tensor.shape[dim]
     if size % world:

@@ -16,13 +16,17 @@ import torch
 from dsv4.config import ModelConfig
 from dsv4.model.transformer import Transformer
 from dsv4.parallel.comm import Group
-from dsv4.parallel.layout import check_world
+from dsv4.parallel.expert_parallel import connect_experts, split_experts
+from dsv4.parallel.layout import ParallelLayoutError, check_world
 from dsv4.parallel.rank_io import rank_worlds, read_rank_state
 from dsv4.parallel.tensor_parallel import connect, split_shapes
 from dsv4.quant import get_recipe
 from dsv4.weights.checkpoint import RECIPE_FILE, Checkpoint, CheckpointError
 from dsv4.weights.loader import fill_model, stored_recipe
 from dsv4.weights.sources import CheckpointSource
+
+
+MODES = ("tp", "dp-ep")
 
 
 class RankState:
@@ -50,22 +54,27 @@ def _config_and_recipe(path: Path):
 
 
 def load_rank_model(path: str | Path, group: Group, dtype: torch.dtype = torch.bfloat16,
-                    device: str | torch.device = "cpu", simulate_quant: bool | None = None) -> Transformer:
+                    device: str | torch.device = "cpu", simulate_quant: bool | None = None,
+                    mode: str = "tp") -> Transformer:
     """Rank group.rank's part of the checkpoint directory `path` (full or per-rank), ready to run with the other
-    ranks. dtype / simulate_quant as in `dsv4.load_model`; matrices stay in their stored formats."""
+    ranks. dtype / simulate_quant as in `dsv4.load_model`; matrices stay in their stored formats. mode: "tp"
+    (tensor parallel) or "dp-ep" (every rank whole but for its slice of the routed experts: `expert_parallel`)."""
+    if mode not in MODES:
+        raise ParallelLayoutError(f"parallel mode: expected one of {', '.join(MODES)}, found {mode!r}")
+    experts_only = mode == "dp-ep"
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: model-parallel loading needs a checkpoint directory")
     cfg, recipe = _config_and_recipe(path)
     cfg.simulate_quant = cfg.quantization_config is not None if simulate_quant is None else simulate_quant
     cfg.__post_init__()
-    check_world(cfg, group.world, group.rank)
+    check_world(cfg, group.world, group.rank, experts_only)
     with torch.device("meta"):
         model = Transformer(cfg)
-        split_shapes(model, group)
-    state = RankState(path, read_rank_state(path, group.rank, group.world), recipe)
+        (split_experts if experts_only else split_shapes)(model, group)
+    state = RankState(path, read_rank_state(path, group.rank, group.world, experts_only), recipe)
     source = CheckpointSource(state, model)  # strict: names, split shapes and formats
     model = fill_model(model, source, stored_recipe(source), dtype, device,
-                       f"loading rank {group.rank} of {group.world}")  # ExpertSlice stays unfused
-    connect(model, group)
+                       f"loading rank {group.rank} of {group.world}")  # the rank's experts stay unfused
+    (connect_experts if experts_only else connect)(model, group)
     return model

@@ -126,23 +126,28 @@ def _rank_specs(specs: dict[str, Spec], rank: int, world: int, n_experts: int) -
 
 # ---- reading ---------------------------------------------------------------------------------------------------
 
-def read_rank_state(path: str | Path, rank: int, world: int) -> dict[str, torch.Tensor]:
+def read_rank_state(path: str | Path, rank: int, world: int, experts_only: bool = False) -> dict[str, torch.Tensor]:
     """Rank `rank` of `world`'s tensors {official name: tensor in its stored dtype}: split tensors as their slice
     (e.g. `wq_b.weight` [n_heads * head_dim / world, q_lora_rank]), the rank's routed experts whole, the rest
-    replicated. `path`: a per-rank directory written for `world` ranks, or a full checkpoint directory."""
-    return dict(iter_rank_state(path, rank, world))
+    replicated; with `experts_only` nothing but the routed experts is split. `path`: a per-rank directory written
+    for `world` ranks (tensor-parallel layout), or a full checkpoint directory."""
+    return dict(iter_rank_state(path, rank, world, experts_only))
 
 
-def iter_rank_state(path: str | Path, rank: int, world: int) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_rank_state(path: str | Path, rank: int, world: int,
+                    experts_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """`read_rank_state` one tensor at a time (peak memory about one tensor beyond what the caller keeps)."""
     path = Path(path)
     if not path.is_dir():
         raise ParallelLayoutError(f"{path}: not a checkpoint directory (per-rank reads need safetensors files; "
                                   "convert a GGUF file to a directory first)")
     worlds = rank_worlds(path)
+    if worlds and experts_only:
+        raise ParallelLayoutError(f"{path}: per-rank files hold the tensor-parallel split; data-parallel attention "
+                                  "with expert-parallel MoE loads from the full checkpoint (or use --parallel tp)")
     if worlds:
         return _read_rank_file(path, rank, world, worlds)
-    return _read_full(path, rank, world)
+    return _read_full(path, rank, world, experts_only)
 
 
 def rank_worlds(path: Path) -> set[int]:
@@ -172,30 +177,31 @@ def _sizes(worlds: set[int]) -> str:
     return " and ".join(map(str, sorted(worlds)))
 
 
-def _read_full(path: Path, rank: int, world: int) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_full(path: Path, rank: int, world: int, experts_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """Rank `rank`'s part of a full checkpoint, validated like the loader (names, shapes, formats) from the headers
     before anything is read."""
     ckpt = Checkpoint(path)
     cfg = ckpt.model_config()
-    check_world(cfg, world, rank)
+    check_world(cfg, world, rank, experts_only)
     with torch.device("meta"):
         model = Transformer(cfg)
     source = CheckpointSource(ckpt, model)
     entries = stored_units(source, model)
     for e in entries:
-        if e.is_matrix:
+        if e.is_matrix and not experts_only:
             check_split(e.name, e.shape, e.fmt, world)
-    return _read_parts(ckpt, source, entries, rank, world, cfg.n_routed_experts)
+    return _read_parts(ckpt, source, entries, rank, world, cfg.n_routed_experts, experts_only)
 
 
 def _read_parts(ckpt: Checkpoint, source: CheckpointSource, entries: list[Entry], rank: int, world: int,
-                n_experts: int) -> Iterator[tuple[str, torch.Tensor]]:
+                n_experts: int, experts_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
     files: dict[Path, SafetensorsFile] = {}
     for e in entries:
         for name in stored_specs(e, e.fmt):
             stored = source.stored[name]
             shape, dtype = ckpt.spec(stored)
-            view = rank_slice(name, torch.empty(shape, dtype=dtype, device="meta"), rank, world, n_experts)
+            view = rank_slice(name, torch.empty(shape, dtype=dtype, device="meta"), rank, world, n_experts,
+                              experts_only)
             if view is not None:
                 f = ckpt.files[stored]
                 if f not in files:
