@@ -6,7 +6,8 @@ lightning indexer, HCA) prefilled to N tokens in chunks, then decoding 32 tokens
 The run happens in a fresh subprocess (its peak RSS is the run's own). At every power-of-two context from 1K it
 records the cumulative wall time, the last chunk's rate, the peak RSS and the cache's bytes against the byte
 formula (`expected_nbytes`) for the storage used (official FP8/FP4 by default) and, for comparison, for bf16.
-Prints a table, writes benchmarks/results/bench_long_context.json and a plot of time and memory against context.
+Prints a table, writes benchmarks/results/bench_long_context.json and a plot of time and memory against context
+(`_bf16`/`_float32` in the names for those storages).
 Targets (issue 17): 1M prefill + decode under 10 minutes on a 2-core CPU; peak RSS within 10% of the cache formula
 plus a fixed overhead (the RSS at 1K tokens less the cache then).
 """
@@ -162,9 +163,10 @@ def main() -> None:
     result = run(args)
     print_table(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_long_context.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / "bench_long_context.png")
-    print(f"wrote {RESULTS / 'bench_long_context.json'} and {RESULTS / 'bench_long_context.png'}")
+    stem = "bench_long_context" + ("" if args.kv_dtype == "official" else f"_{args.kv_dtype}")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / f"{stem}.png")
+    print(f"wrote {RESULTS / stem}.json and {RESULTS / stem}.png")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """What model parallelism costs in communication: measured per decode step on this CPU (gloo, 1/2/4 ranks), and
-computed per token for V4-Flash at TP 4 and 8 (what a GPU cluster pays).
+computed per token for V4-Flash at TP 4 and 8 (what a GPU cluster pays); and the two parallel modes side by side.
 
-    python benchmarks/bench_parallel.py [--ranks 1,2,4] [--context 1024] [--steps 32]
+    python benchmarks/bench_parallel.py [--ranks 1,2,4] [--context 1024] [--steps 32] [--requests 8]
 
 Each world size runs in freshly spawned processes (one torch thread each) on a random model with every layer type
 (sliding, CSA with its indexer, HCA), split by `dsv4.parallel.shard_model`; every collective of the model is counted
 and timed on rank 0 (payload bytes, and bytes one rank sends with ring algorithms: 2(N-1)/N of an all-reduce's
 payload, (N-1)/N of an all-gather's result). The count and bytes are checked against `dsv4 plan --tp`'s model
-(`plan.tensor_parallel.collectives`), which then gives Flash's figures. Prints a table and writes
-benchmarks/results/parallel.json.
+(`plan.tensor_parallel.collectives`), which then gives Flash's figures.
+
+Modes: the engine serving `--requests` concurrent requests (64-token prompts, 32 greedy tokens each) with tensor
+parallelism (`LockstepEngine`) and with data-parallel attention + expert-parallel MoE (`DataParallelEngine`) at each
+world size: output tokens per second, and the bytes per token each mode moves (ring all-reduces / all-to-all).
+Prints the tables and writes benchmarks/results/parallel.json.
 """
 from __future__ import annotations
 
@@ -30,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dsv4.config import ModelConfig  # noqa: E402
-from dsv4.parallel import Group, shard_model  # noqa: E402
+from dsv4.engine import Engine, EngineConfig, SamplingParams  # noqa: E402
+from dsv4.parallel import Group, shard_experts, shard_model  # noqa: E402
+from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank  # noqa: E402
+from dsv4.parallel.lockstep import LockstepEngine, follow  # noqa: E402
 from dsv4.plan.planner import Workload  # noqa: E402
 from dsv4.plan.tensor_parallel import collectives  # noqa: E402
 from tiny_models import random_model  # noqa: E402
@@ -99,6 +106,57 @@ def _worker(rank: int, world: int, port: int, args, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _serve(engine: Engine, requests: int) -> tuple[float, int]:
+    """Rank 0: `requests` concurrent requests to the end -> (seconds, output tokens)."""
+    prompts = [[(31 * r + 7 * i) % BENCH["vocab_size"] for i in range(64)] for r in range(requests)]
+    start = time.perf_counter()
+    seqs = [engine.add(p, SamplingParams(max_tokens=32, temperature=0)) for p in prompts]
+    while engine.has_work():
+        engine.step()
+    return time.perf_counter() - start, sum(len(s.output) for s in seqs)
+
+
+def _mode_worker(rank: int, world: int, port: int, requests: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    group, results = Group(rank, world), {}
+    config = EngineConfig(eos_ids=frozenset(), prefill_chunk=512)
+    with torch.no_grad():
+        for mode, shard, lead, other in (("tp", shard_model, LockstepEngine, follow),
+                                         ("dp-ep", shard_experts, DataParallelEngine, serve_rank)):
+            model = shard(random_model(seed=0, **BENCH), group)
+            if rank == 0:
+                engine = lead(model, config, group) if world > 1 else Engine(model, config)
+                _serve(engine, 1)  # warm
+                results[mode] = _serve(engine, requests)
+                if world > 1:
+                    engine.close()
+            else:
+                other(Engine(model, config), group)
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def measure_modes(world: int, requests: int) -> dict:
+    out = str(RESULTS / f".modes-{world}.pt")
+    mp.spawn(_mode_worker, args=(world, _free_port(), requests, out), nprocs=world, join=True)
+    result = torch.load(out)
+    os.remove(out)
+    return {"ranks": world, **{mode: {"seconds": s, "tokens": n, "tok_s": n / s} for mode, (s, n) in result.items()}}
+
+
+def bytes_per_token(cfg: ModelConfig, world: int, context: int) -> dict:
+    """Bytes one device sends per decoded token in each mode: tp from the planner (batch 1); dp-ep: each token's
+    (token, expert) pairs whose expert lives on another rank travel there (activation, weight and id in fp32) and
+    their outputs come back (fp32), at every MoE layer."""
+    tp = collectives(cfg, Workload(context=context), world)[1]
+    remote = cfg.num_experts_per_tok * (world - 1) / world
+    layers = cfg.num_hidden_layers
+    return {"tp": tp, "dp-ep": layers * remote * ((cfg.hidden_size + 2) * 4 + cfg.hidden_size * 4)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +189,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2,4")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=8, help="concurrent requests in the modes comparison")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     measured = [measure(int(n), args) for n in args.ranks.split(",")]
@@ -147,8 +206,20 @@ def main() -> None:
     for r in flash:
         print(f"{r['tp']:>3} {r['context']:>9,} {r['collectives']:>11} {r['sent_bytes'] / 1e6:>8.2f} "
               f"{r['nvlink_450_us']:>19.1f} {r['pcie5_64_us']:>17.1f}")
+    modes = [measure_modes(int(n), args.requests) for n in args.ranks.split(",")]
+    print(f"\nmodes: {args.requests} concurrent requests (64-token prompts, 32 tokens each), output tok/s")
+    print(f"{'ranks':>5} {'tp':>8} {'dp-ep':>8} {'dp-ep/tp':>8}")
+    for m in modes:
+        print(f"{m['ranks']:>5} {m['tp']['tok_s']:>8.1f} {m['dp-ep']['tok_s']:>8.1f} "
+              f"{m['dp-ep']['tok_s'] / m['tp']['tok_s']:>8.2f}")
+    flash_cfg = ModelConfig.preset("flash")
+    volumes = [{"ranks": n, "context": c, **bytes_per_token(flash_cfg, n, c)} for n in (4, 8) for c in (4096, 131072)]
+    print("\nV4-Flash, MB each device sends per decoded token: tp (batch 1) vs dp-ep")
+    for v in volumes:
+        print(f"{v['ranks']:>3} ranks, {v['context']:>7,} context: tp {v['tp'] / 1e6:6.2f}  dp-ep {v['dp-ep'] / 1e6:6.2f}")
     (RESULTS / "parallel.json").write_text(json.dumps({"config": BENCH, "context": args.context, "steps": args.steps,
-                                                       "measured": measured, "flash": flash}, indent=1))
+                                                       "measured": measured, "flash": flash, "modes": modes,
+                                                       "flash_modes": volumes}, indent=1))
 
 
 if __name__ == "__main__":

@@ -271,3 +271,16 @@ def test_loading_a_per_rank_checkpoint_in_one_process_says_how_to_run_it(tmp_pat
     assert main(["convert", str(tmp_path / "full"), str(tmp_path / "mp2"), "--model-parallel", "2"]) == 0
     with pytest.raises(CheckpointError, match="per-rank checkpoint for 2 model-parallel ranks.*--nproc-per-node 2"):
         load_model(tmp_path / "mp2")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_left_alone_at_the_rendezvous_exits_with_a_clear_error(rank):
+    """Rank 0 started without rank 1 waits for it; rank 1 without rank 0 cannot reach the address: both give up
+    after DSV4_JOIN_TIMEOUT with a message saying what to check, instead of waiting for the 30-day step timeout."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "DSV4_JOIN_TIMEOUT": "2"}
+    proc = subprocess.run([sys.executable, "-m", "dsv4.cli", "generate", "hi", "--max-tokens", "2"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"rank {rank} of 2: the ranks did not all meet at 127.0.0.1:" in proc.stderr
+    assert "DSV4_JOIN_TIMEOUT" in proc.stderr

@@ -13,6 +13,7 @@ from dsv4.engine.errors import ModelNotFoundError
 from dsv4.engine.model_path import SMALL_HIDDEN, load_for_inference
 from dsv4.engine.params import SamplingParams
 from dsv4.offload import parse_size
+from dsv4.parallel.comm import RendezvousError
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +107,7 @@ def load_model_or_explain(args: argparse.Namespace):
     printing why it cannot be loaded."""
     try:
         model = load_for_inference(args.model, args.dtype, args.expert_budget, args.recipe, args.parallel)
-    except (ModelNotFoundError, ValueError) as e:
+    except (ModelNotFoundError, ValueError, RendezvousError) as e:
         print(f"dsv4 {args.command}: {e}", file=sys.stderr)
         return None
     torch_threads, kernel_threads = default_threads(model.cfg.hidden_size)

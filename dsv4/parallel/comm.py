@@ -48,13 +48,32 @@ class Group:
         return box[0]
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> Group:
+JOIN_TIMEOUT_S = 300.0  # how long ranks wait for each other at start-up (DSV4_JOIN_TIMEOUT overrides)
+
+
+class RendezvousError(RuntimeError):
+    """The ranks did not all meet at start-up (a rank not started, or an address one of them cannot reach)."""
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 1800.0, join_timeout_s: float | None = None) -> Group:
     """Join the world torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT); one rank without them.
-    backend: gloo on CPU, nccl when CUDA is available (default)."""
+    backend: gloo on CPU, nccl when CUDA is available (default). The ranks must all meet within `join_timeout_s`
+    (default DSV4_JOIN_TIMEOUT or 300 s; RendezvousError otherwise); collectives afterwards may wait `timeout_s`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Group()
+    join = float(os.environ.get("DSV4_JOIN_TIMEOUT", JOIN_TIMEOUT_S)) if join_timeout_s is None else join_timeout_s
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return Group(dist.get_rank(), dist.get_world_size())
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=join))
+        except Exception as e:  # the store and the backends each raise their own types (timeouts, refused connections)
+            raise RendezvousError(
+                f"rank {os.environ.get('RANK', '?')} of {world}: the ranks did not all meet at {where} within "
+                f"{join:g} s ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}); start "
+                "every rank (on several machines: torchrun with the same --rdzv-endpoint / --master-addr on each) "
+                "and check that each can reach that address, or wait longer with DSV4_JOIN_TIMEOUT=SECONDS") from None
+    # the start-up deadline is short; the steps' collectives get their own group with the long one
+    pg = dist.new_group(timeout=datetime.timedelta(seconds=timeout_s)) if timeout_s != join else None
+    return Group(dist.get_rank(), dist.get_world_size(), pg)
