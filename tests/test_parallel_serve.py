@@ -1,5 +1,5 @@
-"""`dsv4 serve` under torchrun with 2 ranks (gloo, this CPU), tensor parallel and data-parallel attention with
-expert-parallel MoE (`--parallel dp-ep`), answers the OpenAI client exactly as one process does: whole and streamed
+"""`dsv4 serve` on 2 ranks (gloo, this CPU), tensor parallel started by `--tp 2` and data-parallel attention with
+expert-parallel MoE (`--parallel dp-ep`) under torchrun, answers the OpenAI client exactly as one process does: whole and streamed
 answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so that its FP8 blocks
 do not have to split)."""
 import sys
@@ -44,10 +44,14 @@ def _answers(port: int) -> dict:
             "concurrent": concurrent}
 
 
-def _run(launcher: list[str], model_dir, *flags: str) -> dict:
+def _run(launcher: list[str], model_dir, *flags: str, seen: list | None = None) -> dict:
+    """The answers; `seen` gets what the started process runs (its command line, its child processes)."""
     port = free_port()
     proc = start_server(["--model", str(model_dir), "--no-compile", "--model-name", "demo", *flags], port, launcher)
     try:
+        if seen is not None:
+            seen.append(open(f"/proc/{proc.pid}/cmdline").read().split("\0"))
+            seen.append(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split())
         return _answers(port)
     finally:
         stop_server(proc)
@@ -61,8 +65,15 @@ def one_process(model_dir):
     return one
 
 
-@pytest.mark.parametrize("mode", ["tp", "dp-ep"])
-def test_two_ranks_serve_exactly_what_one_process_serves(model_dir, one_process, mode):
+def test_serve_tp_2_starts_two_ranks_that_serve_exactly_what_one_process_serves(model_dir, one_process):
+    seen = []
+    assert _run([sys.executable], model_dir, "--tp", "2", seen=seen) == one_process
+    cmdline, children = seen
+    assert "torch.distributed.run" in cmdline and cmdline[cmdline.index("--nproc-per-node") + 1] == "2"
+    assert "--tp" not in cmdline and len(children) == 2
+
+
+def test_dp_ep_under_torchrun_serves_exactly_what_one_process_serves(model_dir, one_process):
     two = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                f"--master-port={free_port()}"], model_dir, "--parallel", mode)
+                f"--master-port={free_port()}"], model_dir, "--parallel", "dp-ep")
     assert two == one_process

@@ -1,6 +1,9 @@
 """`dsv4 serve`: the HTTP server (OpenAI chat completions, completions and Responses; Anthropic Messages)."""
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 
 from dsv4.engine import EngineConfig
@@ -28,7 +31,32 @@ def register(subparsers) -> None:
                    "after S seconds is cut (slow or stuck clients), as is a client that stops reading an answer")
     p.add_argument("--max-connections", type=int, default=1024, metavar="N", help="open connections at once; "
                    "past N, new ones are answered 503")
+    p.add_argument("--tp", type=int, default=1, metavar="N", help="split the model over N ranks on this machine "
+                   "(starts them with torchrun; how: --parallel; for several machines run torchrun yourself)")
     p.set_defaults(func=run)
+
+
+def _without_tp(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--tp":
+            skip = True
+        elif not a.startswith("--tp="):
+            out.append(a)
+    return out
+
+
+def spawn_ranks(args) -> None:
+    """Replace this process with torchrun running `dsv4 serve` (these arguments but --tp) on args.tp ranks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.tp), f"--master-port={port}",
+            "-m", "dsv4.cli", *_without_tp(args.argv)]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 def responses_dir(args) -> Path:
@@ -40,6 +68,10 @@ def responses_dir(args) -> Path:
 
 
 def run(args) -> int:
+    if args.tp < 1:
+        return request_error("serve", ValueError(f"--tp: expected a number of ranks >= 1, found {args.tp}"))
+    if args.tp > 1 and "WORLD_SIZE" not in os.environ:
+        spawn_ranks(args)  # does not return
     for flag in ("max_output_tokens", "max_body_bytes", "body_timeout", "max_connections"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
