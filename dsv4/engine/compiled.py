@@ -12,6 +12,12 @@ equal are not tied together). Dynamo specialises size-1 dims, so batch 1 has its
 2 = speculative verification) one set for batch 1 and one for any larger batch. `warm_up` compiles them all
 ahead of time; after it, steady-state decoding never recompiles (`compile_count` counts every compilation).
 
+Guards. A step whose shape kind (batch 1 or more, up to the native kernels' row bound; tokens per row) was warmed
+up runs with dynamo's `skip_guard_eval_unsafe` stance: only the guards that tell the compiled graphs apart are
+checked, not every parameter's and cache tensor's properties on each of the dozens of graph calls of a step
+(0.8 ms of a 10 ms step on the benchmark model). That is safe exactly when some warmed graph fits the call, which
+the shape-kind check ensures; any other call checks every guard and compiles what it needs.
+
 What stays outside a graph: routed experts offloaded to disk (their reads are data-dependent) or in a format the
 native fused op cannot read (the PyTorch per-expert loop, `grouped_expert_sum`). Native matmuls and the fused
 experts are custom ops inside the graphs (`dsv4.kernels.ops`).
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 
 import torch
 import torch._dynamo
@@ -30,6 +37,7 @@ from dsv4.cache import ModelCache, make_cache
 from dsv4.kernels.toolchain import cache_dir
 from dsv4.model.transformer import Transformer
 from dsv4.quant.experts import FusedExperts
+from dsv4.quant.linear import NATIVE_MAX_ROWS
 
 MAX_STEP_TOKENS = 2  # decode (1) and speculative verification (2): the calls the compiled step takes
 RECOMPILE_LIMIT = 64  # graphs per compiled function: block kinds x (batch 1 | larger) x (S 1 | 2)
@@ -102,14 +110,22 @@ class CompiledStep:
             if isinstance(module, FusedExperts):
                 module.refresh()  # the graphs read the experts through this table: make sure it is current
         self._block, self._logits, self._draft = _compiled(backend)
+        self._warm: set[tuple] = set()  # shape kinds (`_kind`) whose graphs warm_up compiled, forward and draft
+
+    def _guards(self, ids: torch.Tensor, part: str):
+        """The stance for a call: differentiating guards only when warm-up compiled graphs for its shape kind."""
+        if (part, *_kind(ids)) not in self._warm:
+            return nullcontext()
+        return torch.compiler.set_stance(torch._dynamo.eval_frame._stance.stance, skip_guard_eval_unsafe=True)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, torch.Tensor]:
         self.model._check_ids(ids)
         self.model.reserve(cache, ids.shape[1])
         _mark_dynamic(ids, cache)
-        X = self.model.run_layers(ids, cache, run_block=self._run_block)
-        logits = self._logits(self.model, _dynamic_batch(X))
+        with self._guards(ids, "forward"):
+            X = self.model.run_layers(ids, cache, run_block=self._run_block)
+            logits = self._logits(self.model, _dynamic_batch(X))
         cache.advance(ids.shape[1])
         return X, logits
 
@@ -120,7 +136,8 @@ class CompiledStep:
     def draft(self, X: torch.Tensor, next_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         self.model._check_ids(next_ids)
         _mark_dynamic(next_ids, cache)
-        return self._draft(self.model, _dynamic_batch(X), next_ids, cache)
+        with self._guards(next_ids, "draft"):
+            return self._draft(self.model, _dynamic_batch(X), next_ids, cache)
 
     def warm_up(self, speculative: bool, progress=None, batch_sizes: tuple[int, ...] = (1, 2)) -> float:
         """Compile every graph steady-state decoding uses (batch 1 and, through batch 2, every larger batch; S = 2
@@ -136,9 +153,18 @@ class CompiledStep:
                 cache = make_cache(cfg, batch, self.model.dtype, self.model.norm.weight.device)
                 ids = torch.full((batch, tokens), min(2, cfg.vocab_size - 1), dtype=torch.long)
                 X, _ = self.forward(ids, cache)
+                self._warm.add(("forward", *_kind(ids)))
                 if speculative:
                     self.draft(X, ids, cache)
+                    self._warm.add(("draft", *_kind(ids)))
         return time.perf_counter() - start
+
+
+def _kind(ids: torch.Tensor) -> tuple[bool, bool, int]:
+    """What picks a step's graphs: batch 1 or more (dynamo specialises size 1), within the native kernels' row
+    bound, and tokens per row."""
+    rows = ids.shape[0] * ids.shape[1]
+    return ids.shape[0] == 1, rows <= NATIVE_MAX_ROWS, ids.shape[1]
 
 
 def _dynamic_batch(t: torch.Tensor) -> torch.Tensor:
