@@ -57,7 +57,7 @@ def _chunk(q, window, window_ok, compressed, sink, scale, c0, c1):
                                                   ent.float()), visible, scale),
                       ent, "bchk,bckd->bchd" if per_query else "bchn,bnd->bchd"))
     # one softmax over all parts and the sink, without concatenating them: each part's scores become its
-    # probabilities' numerators in place
+    # probabilities' numerators, in place unless training (amax's backward needs the scores as they were)
     parts = [part for part in parts if part[0].shape[-1]]          # e.g. no HCA entry closed yet
     sink = sink.float()[None, None, :]
     top = sink.expand(*qc.shape[:3])                               # sinks keep fully-masked rows finite
@@ -66,7 +66,7 @@ def _chunk(q, window, window_ok, compressed, sink, scale, c0, c1):
     denom = torch.exp(sink - top)
     out = 0
     for scores, v, eq in parts:
-        p = scores.sub_(top[..., None]).exp_()
+        p = (scores - top[..., None]).exp() if torch.is_grad_enabled() else scores.sub_(top[..., None]).exp_()
         denom = denom + p.sum(-1)
         out = out + torch.einsum(eq, p.to(v.dtype), v).float()
     return (out / denom[..., None]).to(q.dtype)

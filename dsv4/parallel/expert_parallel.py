@@ -35,7 +35,7 @@ class ExpertParallel(RoutedExperts):
         self.owned, self.group = owned, group
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        T, k = idx.shape
+        k = idx.shape[1]
         flat = idx.flatten()
         order = flat.argsort(stable=True)                        # (token, slot) pairs by expert, so by owner too
         expert, tokens = flat[order], order // k
@@ -48,9 +48,10 @@ class ExpertParallel(RoutedExperts):
         back = self._trade(self._run(arrived, x.dtype), send=got, recv=sent)
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, back)
 
-    def idle(self, dim: int, dtype: torch.dtype) -> None:
+    def idle(self, dim: int, dtype: torch.dtype, device: torch.device) -> None:
         """Take part in this layer's exchange with no tokens of this rank's own."""
-        self(torch.empty(0, dim, dtype=dtype), torch.empty(0, 1), torch.empty(0, 1, dtype=torch.long))
+        self(torch.empty(0, dim, dtype=dtype, device=device), torch.empty(0, 1, device=device),
+             torch.empty(0, 1, dtype=torch.long, device=device))
 
     def _trade(self, rows: torch.Tensor, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
         """Rows [sum(send), w], send[r] of them to rank r in rank order -> the [sum(recv), w] rows sent here."""
@@ -62,7 +63,7 @@ class ExpertParallel(RoutedExperts):
         """Arrived rows [m, d + 2] (activation, weight, expert id) -> w * E_expert(x) [m, d] fp32, same order; the
         experts see activations in the model's dtype, as on one rank."""
         x, w, expert = rows[:, :-2], rows[:, -2], rows[:, -1].long()
-        out = torch.empty(x.shape, dtype=torch.float32)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         active = sorted(set(expert.tolist()))
         stray = [e for e in active if e not in self.owned]
         if stray:
@@ -80,13 +81,14 @@ class StepSync:
 
     def __init__(self, model: Transformer, group: Group):
         self.group, self.dim, self.dtype = group, model.cfg.hidden_size, model.dtype
+        self.device = model.norm.weight.device
         self.layers = {MAIN: [b.ffn.experts for b in model.layers], MTP: [b.ffn.experts for b in model.mtp]}
         model.layers[0].register_forward_pre_hook(lambda m, args: self.begin(MAIN))
         if len(model.mtp):
             model.mtp[0].register_forward_pre_hook(lambda m, args: self.begin(MTP))
 
     def _next(self, mine: int) -> int:
-        wanted = torch.tensor([mine])
+        wanted = torch.tensor([mine], device=self.device)
         every = [torch.empty_like(wanted) for _ in range(self.group.world)]
         dist.all_gather(every, wanted, group=self.group.pg)
         return min(int(w) for w in every)
@@ -103,7 +105,7 @@ class StepSync:
 
     def _idle(self, kind: int) -> None:
         for experts in self.layers[kind]:
-            experts.idle(self.dim, self.dtype)
+            experts.idle(self.dim, self.dtype, self.device)
 
 
 def split_experts(model: Transformer, group: Group) -> None:
