@@ -15,7 +15,8 @@ from dsv4.engine import Engine, EngineConfig, SamplingParams
 from dsv4.parallel import Group, shard_experts, shard_model
 from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank
 from dsv4.parallel.expert_parallel import ExpertParallel
-from test_parallel_tp import NO_EOS, PROMPTS, _engine_outputs, _free_port, _model
+from test_parallel_tp import CONFIG, NO_EOS, PROMPTS, _engine_outputs, _free_port, _model
+from tiny_models import random_model
 
 PER_RANK = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0][:20]]  # rank r's own prompt
 
@@ -136,3 +137,14 @@ def test_each_rank_holds_only_its_experts(ranks):
         kind, owned, resident = r["experts"]
         per = 8 // world
         assert (kind, owned, resident) == (ExpertParallel.__name__, list(range(rank * per, (rank + 1) * per)), per)
+
+
+def test_dp_ep_needs_only_the_experts_to_divide():
+    from dsv4.parallel import ParallelLayoutError, check_world
+
+    cfg = random_model(seed=0, **{**CONFIG, "n_routed_experts": 6}).cfg  # heads 8, groups 4: no TP over 3 ranks
+    check_world(cfg, 3, experts_only=True)
+    with pytest.raises(ParallelLayoutError, match="not multiples of 3: num_attention_heads = 8"):
+        check_world(cfg, 3)
+    with pytest.raises(ParallelLayoutError, match="not multiples of 4: n_routed_experts = 6$"):
+        check_world(cfg, 4, experts_only=True)

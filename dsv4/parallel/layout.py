@@ -63,10 +63,11 @@ def check_world(cfg: ModelConfig, world: int, rank: int = 0, experts_only: bool 
     `experts_only`) and `rank` is one of them."""
     if world < 1 or not 0 <= rank < world:
         raise ParallelLayoutError(f"rank {rank} is not in a world of {world} ranks")
-    sizes = {"n_routed_experts": cfg.n_routed_experts}
-    if not experts_only:
-        sizes.update(num_attention_heads=cfg.num_attention_heads, o_groups=cfg.o_groups,
-                     index_n_heads=cfg.index_n_heads, vocab_size=cfg.vocab_size)
+    sizes = {"num_attention_heads": cfg.num_attention_heads, "o_groups": cfg.o_groups,
+             "index_n_heads": cfg.index_n_heads, "n_routed_experts": cfg.n_routed_experts,
+             "vocab_size": cfg.vocab_size}
+    if experts_only:
+        sizes = {"n_routed_experts": cfg.n_routed_experts}
     bad = {k: v for k, v in sizes.items() if v % world}
     if bad:
         raise ParallelLayoutError(f"{world} ranks cannot split this model: not multiples of {world}: " + ", ".join(
