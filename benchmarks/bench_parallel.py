@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank  # noqa: 
 from dsv4.parallel.lockstep import LockstepEngine, follow  # noqa: E402
 from dsv4.plan.planner import Workload  # noqa: E402
 from dsv4.plan.tensor_parallel import collectives  # noqa: E402
+from gloo_world import join_gloo  # noqa: E402
+from server_process import free_port  # noqa: E402
 from tiny_models import random_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -80,9 +81,7 @@ class CountingGroup(Group):
 
 
 def _worker(rank: int, world: int, port: int, args, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     stats = {"count": 0, "payload": 0, "sent": 0.0, "seconds": 0.0}
     group = CountingGroup(rank, world, stats=stats)
     model = shard_model(random_model(seed=0, **BENCH), group)
@@ -117,9 +116,7 @@ def _serve(engine: Engine, requests: int) -> tuple[float, int]:
 
 
 def _mode_worker(rank: int, world: int, port: int, requests: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     group, results = Group(rank, world), {}
     config = EngineConfig(eos_ids=frozenset(), prefill_chunk=512)
     with torch.no_grad():
@@ -141,7 +138,7 @@ def _mode_worker(rank: int, world: int, port: int, requests: int, out: str) -> N
 
 def measure_modes(world: int, requests: int) -> dict:
     out = str(RESULTS / f".modes-{world}.pt")
-    mp.spawn(_mode_worker, args=(world, _free_port(), requests, out), nprocs=world, join=True)
+    mp.spawn(_mode_worker, args=(world, free_port(), requests, out), nprocs=world, join=True)
     result = torch.load(out)
     os.remove(out)
     return {"ranks": world, **{mode: {"seconds": s, "tokens": n, "tok_s": n / s} for mode, (s, n) in result.items()}}
@@ -157,15 +154,10 @@ def bytes_per_token(cfg: ModelConfig, world: int, context: int) -> dict:
     return {"tp": tp, "dp-ep": layers * remote * ((cfg.hidden_size + 2) * 4 + cfg.hidden_size * 4)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def measure(world: int, args) -> dict:
     out = str(RESULTS / f".parallel-{world}.pt")
-    mp.spawn(_worker, args=(world, _free_port(), args, out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), args, out), nprocs=world, join=True)
     result = torch.load(out)
     os.remove(out)
     cfg = random_model(seed=0, **BENCH).cfg

@@ -4,18 +4,16 @@ while its MoE layers trade tokens with the other ranks, and gets the one-rank mo
 tensor-parallel split's; the data-parallel engine (requests placed over the ranks, one rank idle with 4) gives the
 one-rank engine's tokens, greedy and seeded, with and without speculative decoding, and a request cancelled while
 it runs on another rank stops without disturbing the others; each rank holds only its experts."""
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dsv4.engine import Engine, EngineConfig, SamplingParams
 from dsv4.parallel import Group, shard_experts, shard_model
 from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank
 from dsv4.parallel.expert_parallel import ExpertParallel
-from test_parallel_tp import CONFIG, NO_EOS, PROMPTS, _engine_outputs, _free_port, _model
+from gloo_world import spawn_results
+from test_parallel_tp import CONFIG, NO_EOS, PROMPTS, _engine_outputs, _model
 from tiny_models import random_model
 
 PER_RANK = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0][:20]]  # rank r's own prompt
@@ -55,57 +53,50 @@ def _with_cancel(engine: Engine) -> tuple[list[list[int]], int]:
     return [got[s.seq_id] for s in seqs], len(got[long.seq_id])
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        group, results = Group(rank, world), {}
-        with torch.no_grad():
-            full = _model()
-            prompt = PER_RANK[rank]
-            results["reference"] = {c: _logits(full, prompt, c) for c in (None, 13)}
-            if rank == 0:
-                for spec in (False, True):
-                    ref = Engine(full, EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS))
-                    results[f"reference_tokens_{spec}"] = _engine_outputs(ref)
-                results["reference_cancel"] = _with_cancel(Engine(_model(), EngineConfig(eos_ids=NO_EOS)))[0]
-            tp = shard_model(_model(), group)
-            every = [{c: _logits(tp, p, c) for c in (None, 13)} for p in PER_RANK[:world]]  # same input on all
-            results["tp"] = every[rank]
-            del tp
-            model = shard_experts(full, group)
-            results["ep"] = {}
-            for c in (None, 13):  # ranks run different numbers of passes: each idles along until all are done
-                results["ep"][c] = _logits(model, prompt, c)
-                model.step_sync.drain()
+def _worker(rank: int, world: int) -> dict:
+    group, results = Group(rank, world), {}
+    with torch.no_grad():
+        full = _model()
+        prompt = PER_RANK[rank]
+        results["reference"] = {c: _logits(full, prompt, c) for c in (None, 13)}
+        if rank == 0:
             for spec in (False, True):
-                config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
-                if rank == 0:
-                    engine = DataParallelEngine(model, config, group)
-                    results[f"tokens_{spec}"] = _engine_outputs(engine)
-                    engine.close()
-                else:
-                    serve_rank(Engine(model, config), group)
+                ref = Engine(full, EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS))
+                results[f"reference_tokens_{spec}"] = _engine_outputs(ref)
+            results["reference_cancel"] = _with_cancel(Engine(_model(), EngineConfig(eos_ids=NO_EOS)))[0]
+        tp = shard_model(_model(), group)
+        every = [{c: _logits(tp, p, c) for c in (None, 13)} for p in PER_RANK[:world]]  # same input on all
+        results["tp"] = every[rank]
+        del tp
+        model = shard_experts(full, group)
+        results["ep"] = {}
+        for c in (None, 13):  # ranks run different numbers of passes: each idles along until all are done
+            results["ep"][c] = _logits(model, prompt, c)
+            model.step_sync.drain()
+        for spec in (False, True):
+            config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
             if rank == 0:
-                engine = DataParallelEngine(model, EngineConfig(eos_ids=NO_EOS), group)
-                results["cancel"] = _with_cancel(engine)
+                engine = DataParallelEngine(model, config, group)
+                results[f"tokens_{spec}"] = _engine_outputs(engine)
                 engine.close()
             else:
-                serve_rank(Engine(model, EngineConfig(eos_ids=NO_EOS)), group)
-            experts = model.layers[0].ffn.experts
-            results["experts"] = (type(experts).__name__, list(experts.owned),
-                                  sum(1 for e in experts if len(list(e.parameters()))))
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+                serve_rank(Engine(model, config), group)
+        if rank == 0:
+            engine = DataParallelEngine(model, EngineConfig(eos_ids=NO_EOS), group)
+            results["cancel"] = _with_cancel(engine)
+            engine.close()
+        else:
+            serve_rank(Engine(model, EngineConfig(eos_ids=NO_EOS)), group)
+        experts = model.layers[0].ffn.experts
+        results["experts"] = (type(experts).__name__, list(experts.owned),
+                              sum(1 for e in experts if len(list(e.parameters()))))
+    return results
 
 
 @pytest.fixture(scope="module", params=[2, 4])
 def ranks(request, tmp_path_factory):
     world, out = request.param, tmp_path_factory.mktemp(f"ep{request.param}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    return world, spawn_results(_worker, world, out)
 
 
 def test_each_rank_runs_its_own_prompt_with_the_one_rank_logits_and_the_tensor_parallel_ones(ranks):

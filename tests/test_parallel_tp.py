@@ -6,18 +6,18 @@ rank loads only its part of a checkpoint, and holds what `dsv4 plan --tp` says; 
 prints what one process prints; a rank that dies ends the other with a clear error instead of a hang."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dsv4.engine import Engine, EngineConfig, SamplingParams
 from dsv4.parallel import Group, ParallelLayoutError, shard_model
 from dsv4.parallel.lockstep import LockstepEngine, follow
+from gloo_world import join_gloo, spawn_results
+from server_process import free_port
 from tiny_models import random_model
 
 # every layer kind (sliding, CSA, HCA), a hash-routed MoE layer, one MTP block; heads, output groups, indexer
@@ -58,47 +58,34 @@ def _engine_outputs(engine: Engine) -> list[list[int]]:
     return [s.output for s in seqs]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        group = Group(rank, world)
-        full = _model()
-        results = {}
-        with torch.no_grad():
-            if rank == 0:
-                results["reference"] = {c: _logits(full, c) for c in (None, 13)}
-                for spec in (False, True):
-                    ref = Engine(full, EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS))
-                    results[f"reference_tokens_{spec}"] = _engine_outputs(ref)
-            model = shard_model(full, group)
-            results["split"] = {c: _logits(model, c) for c in (None, 13)}
+def _worker(rank: int, world: int) -> dict:
+    group = Group(rank, world)
+    full = _model()
+    results = {}
+    with torch.no_grad():
+        if rank == 0:
+            results["reference"] = {c: _logits(full, c) for c in (None, 13)}
             for spec in (False, True):
-                config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
-                if rank == 0:
-                    engine = LockstepEngine(model, config, group)
-                    results[f"tokens_{spec}"] = _engine_outputs(engine)
-                    engine.close()
-                else:
-                    follow(Engine(model, config), group)
-            results["parameters"] = sum(p.numel() for p in model.parameters())
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                ref = Engine(full, EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS))
+                results[f"reference_tokens_{spec}"] = _engine_outputs(ref)
+        model = shard_model(full, group)
+        results["split"] = {c: _logits(model, c) for c in (None, 13)}
+        for spec in (False, True):
+            config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
+            if rank == 0:
+                engine = LockstepEngine(model, config, group)
+                results[f"tokens_{spec}"] = _engine_outputs(engine)
+                engine.close()
+            else:
+                follow(Engine(model, config), group)
+        results["parameters"] = sum(p.numel() for p in model.parameters())
+    return results
 
 
 @pytest.fixture(scope="module", params=[2, 4])
 def ranks(request, tmp_path_factory):
     world, out = request.param, tmp_path_factory.mktemp(f"tp{request.param}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
-    return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    return world, spawn_results(_worker, world, out)
 
 
 def test_split_logits_equal_one_rank_for_prefill_chunked_prefill_and_decode_with_mtp(ranks):
@@ -143,28 +130,22 @@ FP8_DIMS = dict(hidden_size=128, q_lora_rank=128, num_attention_heads=8, head_di
                 o_lora_rank=128, index_n_heads=4, index_head_dim=64, moe_intermediate_size=128, n_routed_experts=8)
 
 
-def _load_worker(rank: int, world: int, port: int, out_dir: str, paths: list[str]) -> None:
+def _load_worker(rank: int, world: int, paths: list[str]) -> dict:
     from dsv4.parallel.load import load_rank_model
     from dsv4.weights.loader import load_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        group, results = Group(rank, world), {}
-        with torch.no_grad():
-            if rank == 0:
-                results["reference"] = _logits(load_model(paths[0], dtype=torch.float32), 13, decode=8)
-            for path in paths:
-                model = load_rank_model(path, group, dtype=torch.float32)
-                results[path] = _logits(model, 13, decode=8)
-                results[f"{path} bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-            resident = load_rank_model(paths[0], group).state_dict()  # bf16, as `dsv4 plan` assumes
-            results["resident"] = sum(t.numel() * t.element_size() for n, t in resident.items()
-                                      if not n.startswith("mtp."))  # the plan leaves MTP out
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    group, results = Group(rank, world), {}
+    with torch.no_grad():
+        if rank == 0:
+            results["reference"] = _logits(load_model(paths[0], dtype=torch.float32), 13, decode=8)
+        for path in paths:
+            model = load_rank_model(path, group, dtype=torch.float32)
+            results[path] = _logits(model, 13, decode=8)
+            results[f"{path} bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        resident = load_rank_model(paths[0], group).state_dict()  # bf16, as `dsv4 plan` assumes
+        results["resident"] = sum(t.numel() * t.element_size() for n, t in resident.items()
+                                  if not n.startswith("mtp."))  # the plan leaves MTP out
+    return results
 
 
 def test_each_rank_loads_only_its_part_of_an_official_checkpoint_or_a_per_rank_one(tmp_path):
@@ -177,8 +158,7 @@ def test_each_rank_loads_only_its_part_of_an_official_checkpoint_or_a_per_rank_o
     save_model(random_model(seed=3, **{**CONFIG, **FP8_DIMS}), official, "FP4")
     assert main(["convert", str(official), str(per_rank), "--model-parallel", "2"]) == 0
     paths = [str(official), str(per_rank)]
-    mp.spawn(_load_worker, args=(2, _free_port(), str(tmp_path), paths), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    results = spawn_results(_load_worker, 2, tmp_path, paths)
     reference = results[0]["reference"]
     for r in results:
         for path in paths:
@@ -208,7 +188,7 @@ def test_dsv4_generate_under_torchrun_answers_as_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300, env=env)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          f"--master-port={_free_port()}", *command], capture_output=True, text=True, timeout=300,
+                          f"--master-port={free_port()}", *command], capture_output=True, text=True, timeout=300,
                          env=env)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert two.stdout == one.stdout and one.stdout.strip()
@@ -222,9 +202,7 @@ def _fault_worker(rank: int, world: int, port: int, out_dir: str, dies: int) -> 
 
     from dsv4.parallel.lockstep import RankLostError
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_gloo(rank, world, port)
     model = shard_model(_model(), Group(rank, world))
     config = EngineConfig(prefill_chunk=16, eos_ids=NO_EOS)
     engine = LockstepEngine(model, config, Group(rank, world)) if rank == 0 else Engine(model, config)
@@ -251,7 +229,7 @@ def _fault_worker(rank: int, world: int, port: int, out_dir: str, dies: int) -> 
 
 @pytest.mark.parametrize("dies", [0, 1])
 def test_a_rank_that_dies_mid_generation_ends_the_other_with_a_clear_error(tmp_path, dies):
-    ctx = mp.start_processes(_fault_worker, args=(2, _free_port(), str(tmp_path), dies), nprocs=2, join=False,
+    ctx = mp.start_processes(_fault_worker, args=(2, free_port(), str(tmp_path), dies), nprocs=2, join=False,
                              start_method="spawn")
     for p in ctx.processes:
         p.join(timeout=120)
@@ -278,7 +256,7 @@ def test_a_rank_left_alone_at_the_rendezvous_exits_with_a_clear_error(rank):
     """Rank 0 started without rank 1 waits for it; rank 1 without rank 0 cannot reach the address: both give up
     after DSV4_JOIN_TIMEOUT with a message saying what to check, instead of waiting for the 30-day step timeout."""
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "DSV4_JOIN_TIMEOUT": "2"}
+           "MASTER_PORT": str(free_port()), "DSV4_JOIN_TIMEOUT": "2"}
     proc = subprocess.run([sys.executable, "-m", "dsv4.cli", "generate", "hi", "--max-tokens", "2"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0

@@ -16,7 +16,7 @@ from dsv4.engine.errors import QueueFullError
 from dsv4.engine.sequence import Sequence, TokenEvent
 from dsv4.model.transformer import Transformer
 from dsv4.parallel.comm import Group
-from dsv4.parallel.lockstep import _STOP, RankLostError, _lost
+from dsv4.parallel.lockstep import LockstepEngine, apply_op, run_follower
 
 
 def _gather(group: Group, events: list[TokenEvent]) -> list[list[TokenEvent]] | None:
@@ -32,16 +32,12 @@ def _own_step(engine: Engine) -> list[TokenEvent]:
     return events
 
 
-class DataParallelEngine(Engine):
+class DataParallelEngine(LockstepEngine):
     """Rank 0's engine. Use as Engine; `close()` releases the other ranks (their `serve_rank` returns)."""
 
     def __init__(self, model: Transformer, config: EngineConfig | None, group: Group, on_lost=None):
-        super().__init__(model, config)
-        self.group, self.on_lost = group, on_lost
-        self._ops: list[tuple] = []
+        super().__init__(model, config, group, on_lost)
         self._remote: dict[int, tuple[int, Sequence]] = {}  # seq_id -> the rank running it, the sequence here
-        self._closed = False
-        self._lost: RankLostError | None = None
 
     def _place(self) -> int:
         load = [len(self.sequences)] + [0] * (self.group.world - 1)
@@ -55,7 +51,7 @@ class DataParallelEngine(Engine):
     def enqueue(self, seq: Sequence) -> Sequence:
         rank = self._place()
         if rank == 0:
-            return super().enqueue(seq)
+            return Engine.enqueue(self, seq)
         self._remote[seq.seq_id] = rank, seq
         self._ops.append(("add", seq, rank))
         return seq
@@ -66,29 +62,18 @@ class DataParallelEngine(Engine):
     def cancel(self, seq_id: int) -> TokenEvent | None:
         rank, seq = self._remote.pop(seq_id, (None, None))
         if rank is None:
-            return super().cancel(seq_id)
+            return Engine.cancel(self, seq_id)
         seq.finish_reason = "cancelled"
         self._ops.append(("cancel", seq_id, rank))
         return TokenEvent(seq_id, None, finish_reason="cancelled")
 
-    def step(self) -> list[TokenEvent]:
-        if self._lost is not None:
-            raise self._lost
-        ops, self._ops = self._ops, []
-        try:
-            self.group.broadcast(ops)
-            events = _own_step(self)
-            for rank_events in _gather(self.group, events)[1:]:
-                for e in rank_events:
-                    if e.seq_id in self._remote:  # a request cancelled meanwhile says nothing more
-                        events.append(e)
-                        self._mirror(e)
-        except Exception as e:
-            self._lost = _lost(self.group, e)
-            self._closed = True
-            if self.on_lost is not None:
-                self.on_lost(self._lost)
-            raise self._lost from e
+    def _step_ranks(self) -> list[TokenEvent]:
+        events = _own_step(self)
+        for rank_events in _gather(self.group, events)[1:]:
+            for e in rank_events:
+                if e.seq_id in self._remote:  # a request cancelled meanwhile says nothing more
+                    events.append(e)
+                    self._mirror(e)
         return events
 
     def _mirror(self, event: TokenEvent) -> None:
@@ -100,27 +85,12 @@ class DataParallelEngine(Engine):
             seq.finish_reason = event.finish_reason
             del self._remote[event.seq_id]
 
-    def close(self) -> None:
-        """Release the other ranks (once; later calls do nothing)."""
-        if not self._closed:
-            self._closed = True
-            self.group.broadcast([_STOP])
-
 
 def serve_rank(engine: Engine, group: Group) -> None:
     """Ranks other than 0: run the requests rank 0 places here, a step whenever rank 0 steps, until it closes."""
-    while True:
-        try:
-            ops = group.broadcast()
-            for op in ops:
-                if op == _STOP:
-                    return
-                if op[2] != group.rank:
-                    continue
-                if op[0] == "add":
-                    engine.enqueue(op[1])
-                else:
-                    engine.cancel(op[1])
-            _gather(group, _own_step(engine))
-        except Exception as e:
-            raise _lost(group, e) from e
+
+    def apply(op):
+        if op[2] == group.rank:
+            apply_op(engine, op)
+
+    run_follower(group, apply, lambda: _gather(group, _own_step(engine)))

@@ -64,14 +64,19 @@ class LockstepEngine(Engine):
         ops, self._ops = self._ops, []
         try:
             self.group.broadcast(ops)
-            events = super().step()
-            self.group.broadcast(_tokens(events))
+            events = self._step_ranks()
         except Exception as e:
             self._lost = _lost(self.group, e)
             self._closed = True  # the other ranks are gone or will fail their own step
             if self.on_lost is not None:
                 self.on_lost(self._lost)
             raise self._lost from e
+        return events
+
+    def _step_ranks(self) -> list[TokenEvent]:
+        """This rank's step, taken with the others (they have the ops); returns its events."""
+        events = Engine.step(self)
+        self.group.broadcast(_tokens(events))
         return events
 
     def close(self) -> None:
@@ -85,21 +90,36 @@ def _tokens(events: list[TokenEvent]) -> list[tuple[int, int | None, str | None]
     return [(e.seq_id, e.token, e.finish_reason) for e in events]
 
 
-def follow(engine: Engine, group: Group) -> None:
-    """Ranks other than 0: take rank 0's steps with `engine` (built like rank 0's) until it closes."""
+def run_follower(group: Group, apply, step) -> None:
+    """Ranks other than 0, until rank 0 closes: before each step, apply(op) for every op rank 0 sent, then step()."""
     while True:
         try:
             ops = group.broadcast()
+            if _STOP in ops:
+                return
             for op in ops:
-                if op == _STOP:
-                    return
-                if op[0] == "add":
-                    engine.enqueue(op[1])
-                else:
-                    engine.cancel(op[1])
-            mine = _tokens(engine.step())
-            theirs = group.broadcast()
+                apply(op)
+            step()
+        except RanksDivergedError:
+            raise
         except Exception as e:
             raise _lost(group, e) from e
+
+
+def apply_op(engine: Engine, op: tuple) -> None:
+    """("add", sequence, ...) or ("cancel", seq_id, ...) on this rank's engine."""
+    if op[0] == "add":
+        engine.enqueue(op[1])
+    else:
+        engine.cancel(op[1])
+
+
+def follow(engine: Engine, group: Group) -> None:
+    """Ranks other than 0: take rank 0's steps with `engine` (built like rank 0's) until it closes."""
+
+    def step():
+        mine, theirs = _tokens(engine.step()), group.broadcast()
         if mine != theirs:
             raise RanksDivergedError(f"rank {group.rank} sampled {mine[:4]}... where rank 0 sampled {theirs[:4]}...")
+
+    run_follower(group, lambda op: apply_op(engine, op), step)
