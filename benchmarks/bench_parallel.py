@@ -146,12 +146,12 @@ def measure_modes(world: int, requests: int) -> dict:
 
 def bytes_per_token(cfg: ModelConfig, world: int, context: int) -> dict:
     """Bytes one device sends per decoded token in each mode: tp from the planner (batch 1); dp-ep: each token's
-    (token, expert) pairs whose expert lives on another rank travel there (activation, weight and id in fp32) and
-    their outputs come back (fp32), at every MoE layer."""
+    (token, expert) pairs whose expert lives on another rank travel there (the bf16 activation, weight and id in
+    fp32) and their bf16 outputs come back, at every MoE layer."""
     tp = collectives(cfg, Workload(context=context), world)[1]
     remote = cfg.num_experts_per_tok * (world - 1) / world
     layers = cfg.num_hidden_layers
-    return {"tp": tp, "dp-ep": layers * remote * ((cfg.hidden_size + 2) * 4 + cfg.hidden_size * 4)}
+    return {"tp": tp, "dp-ep": layers * remote * (cfg.hidden_size * 2 + 8 + cfg.hidden_size * 2)}
 
 
 

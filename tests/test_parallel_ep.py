@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dsv4.engine import Engine, EngineConfig, SamplingParams
+from dsv4.model.transformer import cast_model
 from dsv4.parallel import Group, shard_experts, shard_model
 from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank
 from dsv4.parallel.expert_parallel import ExpertParallel
@@ -87,6 +88,10 @@ def _worker(rank: int, world: int) -> dict:
             engine.close()
         else:
             serve_rank(Engine(model, EngineConfig(eos_ids=NO_EOS)), group)
+        bf16 = [shard_experts(cast_model(_model(), torch.bfloat16), group) if r else cast_model(_model(), torch.bfloat16)
+                for r in (0, 1)]  # one rank's, then this rank's part: activations travel as bf16 bytes
+        results["bf16"] = [_logits(m, prompt, None, decode=4) for m in bf16]
+        bf16[1].step_sync.drain()
         experts = model.layers[0].ffn.experts
         results["experts"] = (type(experts).__name__, list(experts.owned),
                               sum(1 for e in experts if len(list(e.parameters()))))
@@ -106,6 +111,9 @@ def test_each_rank_runs_its_own_prompt_with_the_one_rank_logits_and_the_tensor_p
             assert (r["ep"][chunk] - r["reference"][chunk]).abs().max() <= 1e-5, (world, chunk)
             assert (r["ep"][chunk] - r["tp"][chunk]).abs().max() <= 1e-5, (world, chunk)  # the two modes agree
     assert {r["reference"][None].shape[0] for r in results} == {len(p) + 12 for p in PER_RANK[:world]}
+    for r in results:  # bf16 (activations sent as bf16 bytes): equal here; allowed one bf16 step of the largest
+        one, split = r["bf16"]
+        assert (one.float() - split.float()).abs().max() <= 2.0**-8 * one.float().abs().max(), world
 
 
 def test_data_parallel_engine_gives_one_rank_tokens_with_and_without_speculation(ranks):

@@ -3,7 +3,7 @@
 Every rank holds the whole model except the routed experts, of which it holds a 1/N slice (`expert_range`), and
 runs its own requests with its own caches. At each MoE layer the ranks trade tokens: each sends every (token, expert)
 pair to the rank holding the expert (`all_to_all_single`, with the routing weight and expert id packed alongside the
-activation), the holders run their experts on whatever arrived, and the outputs travel back the same way and are
+activation, which travels in the model's dtype: bf16 rows at 2 bytes a value), the holders run their experts on whatever arrived, and the outputs travel back the same way and are
 added, in fp32 and ascending expert order, as one rank adds them. Attention, caches, embedding and head need no
 communication at all; the price is that ranks must meet at every MoE layer even when one has nothing to send.
 
@@ -39,14 +39,14 @@ class ExpertParallel(RoutedExperts):
         flat = idx.flatten()
         order = flat.argsort(stable=True)                        # (token, slot) pairs by expert, so by owner too
         expert, tokens = flat[order], order // k
-        payload = torch.cat([x[tokens].float(), weights.flatten()[order][:, None].float(), expert[:, None].float()],
-                            dim=1)                               # [n, d + 2]: ids < 2^24 are exact in fp32
+        payload = torch.cat([_as_words(x[tokens]), weights.flatten()[order][:, None].float(),
+                             expert[:, None].float()], dim=1)    # ids < 2^24 are exact in fp32
         sent = torch.bincount(expert // len(self.owned), minlength=self.group.world)
         got = torch.empty_like(sent)
         dist.all_to_all_single(got, sent, group=self.group.pg)  # how many rows each rank sends here
         arrived = self._trade(payload, send=sent, recv=got)
-        back = self._trade(self._run(arrived, x.dtype), send=got, recv=sent)
-        return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, back)
+        back = self._trade(_as_words(self._run(arrived, x.dtype)), send=got, recv=sent).view(x.dtype)
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add_(0, tokens, back.float())
 
     def idle(self, dim: int, dtype: torch.dtype, device: torch.device) -> None:
         """Take part in this layer's exchange with no tokens of this rank's own."""
@@ -60,10 +60,10 @@ class ExpertParallel(RoutedExperts):
         return out
 
     def _run(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Arrived rows [m, d + 2] (activation, weight, expert id) -> w * E_expert(x) [m, d] fp32, same order; the
-        experts see activations in the model's dtype, as on one rank."""
-        x, w, expert = rows[:, :-2], rows[:, -2], rows[:, -1].long()
-        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        """Arrived rows (activation as `_as_words`, weight, expert id) -> w * E_expert(x) [m, d] in the model's
+        dtype (as one rank's experts return it), same order."""
+        x, w, expert = rows[:, :-2].contiguous().view(dtype), rows[:, -2], rows[:, -1].long()
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
         active = sorted(set(expert.tolist()))
         stray = [e for e in active if e not in self.owned]
         if stray:
@@ -72,8 +72,15 @@ class ExpertParallel(RoutedExperts):
         reached = self.fetch(active)
         for e in active:
             at = (expert == e).nonzero().flatten()
-            out[at] = reached[e](x[at].to(dtype), w[at]).float()
+            out[at] = reached[e](x[at], w[at]).to(dtype)
         return out
+
+
+def _as_words(t: torch.Tensor) -> torch.Tensor:
+    """Rows [n, d] of fp32, or of a 2-byte dtype with d even, as fp32 words carrying the same bytes [n, d * size / 4]
+    (a bf16 row travels at its own size, bit for bit)."""
+    t = t.contiguous()
+    return t if t.dtype == torch.float32 else t.view(torch.float32)
 
 
 class StepSync:
