@@ -208,7 +208,8 @@ def main() -> None:
     volumes = [{"ranks": n, "context": c, **bytes_per_token(flash_cfg, n, c)} for n in (4, 8) for c in (4096, 131072)]
     print("\nV4-Flash, MB each device sends per decoded token: tp (batch 1) vs dp-ep")
     for v in volumes:
-        print(f"{v['ranks']:>3} ranks, {v['context']:>7,} context: tp {v['tp'] / 1e6:6.2f}  dp-ep {v['dp-ep'] / 1e6:6.2f}")
+        print(f"{v['ranks']:>3} ranks, {v['context']:>7,} context: tp {v['tp'] / 1e6:6.2f}  "
+              f"dp-ep {v['dp-ep'] / 1e6:6.2f}")
     (RESULTS / "parallel.json").write_text(json.dumps({"config": BENCH, "context": args.context, "steps": args.steps,
                                                        "measured": measured, "flash": flash, "modes": modes,
                                                        "flash_modes": volumes}, indent=1))

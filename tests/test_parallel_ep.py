@@ -88,8 +88,8 @@ def _worker(rank: int, world: int) -> dict:
             engine.close()
         else:
             serve_rank(Engine(model, EngineConfig(eos_ids=NO_EOS)), group)
-        bf16 = [shard_experts(cast_model(_model(), torch.bfloat16), group) if r else cast_model(_model(), torch.bfloat16)
-                for r in (0, 1)]  # one rank's, then this rank's part: activations travel as bf16 bytes
+        bf16 = [cast_model(_model(), torch.bfloat16) for _ in range(2)]
+        bf16[1] = shard_experts(bf16[1], group)  # one rank's model, then this rank's part: bf16 bytes travel
         results["bf16"] = [_logits(m, prompt, None, decode=4) for m in bf16]
         bf16[1].step_sync.drain()
         experts = model.layers[0].ffn.experts

@@ -1,7 +1,7 @@
 """`dsv4 serve` on 2 ranks (gloo, this CPU), tensor parallel started by `--tp 2` and data-parallel attention with
-expert-parallel MoE (`--parallel dp-ep`) under torchrun, answers the OpenAI client exactly as one process does: whole and streamed
-answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so that its FP8 blocks
-do not have to split)."""
+expert-parallel MoE (`--parallel dp-ep`) under torchrun, answers the OpenAI client exactly as one process does:
+whole and streamed answers, a tool call, and 8 concurrent sampled requests (the demo model, converted to BF16 so
+that its FP8 blocks do not have to split)."""
 import sys
 from concurrent.futures import ThreadPoolExecutor
 

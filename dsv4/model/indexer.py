@@ -17,8 +17,8 @@ from torch import nn
 
 from dsv4 import kernels
 from dsv4.cache import CompressorCache
-from dsv4.kernels import ops
 from dsv4.config import ModelConfig
+from dsv4.kernels import ops
 from dsv4.model.compressor import Compressor
 from dsv4.model.qat import simulate_fp4_indexer
 from dsv4.model.rope import apply_rope

@@ -3,8 +3,9 @@
 Every rank holds the whole model except the routed experts, of which it holds a 1/N slice (`expert_range`), and
 runs its own requests with its own caches. At each MoE layer the ranks trade tokens: each sends every (token, expert)
 pair to the rank holding the expert (`all_to_all_single`, with the routing weight and expert id packed alongside the
-activation, which travels in the model's dtype: bf16 rows at 2 bytes a value), the holders run their experts on whatever arrived, and the outputs travel back the same way and are
-added, in fp32 and ascending expert order, as one rank adds them. Attention, caches, embedding and head need no
+activation, which travels in the model's dtype: bf16 rows at 2 bytes a value), the holders run their experts on
+whatever arrived, and the outputs travel back the same way and are added, in fp32 and ascending expert order, as one
+rank adds them. Attention, caches, embedding and head need no
 communication at all; the price is that ranks must meet at every MoE layer even when one has nothing to send.
 
 That meeting is `StepSync`: each model pass (the main layers, or the MTP blocks) starts with the ranks agreeing
