@@ -31,6 +31,7 @@ from dsv4.train.plot import plot_curves
 from dsv4.train.progress import Progress
 from dsv4.train.train_config import TrainConfig, lr_at
 from dsv4.train.vocab import ActiveVocab
+from dsv4.train.warm_start import warm_start
 
 CHECKPOINT = "ckpt.pt"
 
@@ -83,12 +84,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> Muon:
 
 def build_run(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer | None = None,
               world: World | None = None) -> Run:
-    """Data, a freshly initialised compact model (seed; see `vocab`), frozen gate biases with their load counter,
-    the optimizer. `model_cfg` is the full model's architecture."""
+    """Data, a compact model (see `vocab`) freshly initialised (seed) or warm-started from cfg.init_from, frozen
+    gate biases with their load counter, the optimizer. `model_cfg` is the full model's architecture."""
     data = prepare_data(cfg.data, tokenizer or load_tokenizer(), cfg.seq_len, cfg.val_fraction, cfg.seed,
                         cache_dir=cfg.out_dir)
     vocab = ActiveVocab(data.vocab_ids(), model_cfg.vocab_size)
     model = init_weights(Transformer(vocab.compact_config(model_cfg)), cfg.seed)
+    if cfg.init_from:
+        warm_start(model, vocab, model_cfg, load_checkpoint(cfg.init_from))
     load = ExpertLoad(model.train())  # freezes the gate biases before the optimizer collects parameters
     return Run(cfg, model, make_optimizer(model, cfg), load, vocab, data, training_loss(cfg),
                vocab.to_compact(data.train_tokens), vocab.to_compact(data.val_tokens), world or World())
