@@ -1,5 +1,6 @@
 """Phrasings as people type them: built from a task's inputs (answer, reasoning and expression unchanged), many per
 kind, and split into train and test templates so that no held-out phrasing ever appears in training data."""
+import dataclasses
 import random
 import re
 
@@ -16,7 +17,10 @@ SLOTS = {"a": r"\d+", "b": r"\d+", "expr": r"[\d()]+(?: [+\-*] [\d()]+)+", "tigh
          "src": r"[a-z]+", "dst": r"[a-z]+", "src_abbr": ABBREVIATION, "dst_abbr": ABBREVIATION, "l": r"['\"]?[a-z]['\"]?",
          "w": r"['\"]?[a-z]+['\"]?", "ls": r"[a-z]'?s", "list": r"\[?[a-z]+(?:(?:, ?| and | )[a-z]+)*\]?", "t": r"['\"]?[a-z]+['\"]?",
          "ts": r"[a-z]+", "nums": r"\[?\d+(?:(?:, ?| and | )\d+)*\]?", "d": "(?:" + "|".join(d.lower() for d in WEEKDAYS) + ")",
-         "days": r"\d+ days?"}
+         "days": r"\d+ days?", "x": "(?:x|\\*|×)", "up": "(?:ascending|increasing)", "down": "(?:descending|decreasing)",
+         "lo": "(?:smallest|lowest|low|least)", "hi": "(?:largest|highest|high|biggest|greatest)",
+         "lo_first": "(?:smallest|lowest)", "hi_first": "(?:largest|biggest|highest)",
+         "hi_first_cap": "(?:largest|biggest|highest)"}
 
 
 def _normal(text: str) -> str:
@@ -75,11 +79,16 @@ def test_a_rephrased_task_keeps_its_answer_reasoning_and_expression(kind):
 def test_the_issue_examples_are_among_the_phrasings():
     cores = {text for texts in CORES.values() for text in texts}
     for needed in ("plus", "add", "sum", "what do you get if you add", "minus", "subtract", "take {b} from",
-                   "times", "multiply", "product", "multiplied by", "from smallest to largest", "descending",
-                   "biggest first", "in increasing order", "after {d}", "from now if today is", "how many {dst} is",
+                   "times", "multiply", "product", "multiplied by", "after {d}", "from now if today is", "how many {dst} is",
                    "convert", "how many {ls} in {w}", "how many times does {l} appear in {w}", "count the {ls}"):
         assert any(needed in text.lower() for text in cores), needed
     sort = Task("sort", "q", "1, 2, 5, 9", "r", None, {"numbers": [5, 2, 9, 1], "descending": False})
+    sorts = " | ".join(rephrase(dataclasses.replace(sort, inputs={**sort.inputs, "descending": down}),
+                                random.Random(i), split).task.question.lower()
+                       for i in range(400) for down in (False, True) for split in ("train", "test"))
+    for needed in ("from smallest to largest", "descending", "biggest first", "in increasing order",
+                   "from largest to smallest", "from lowest to highest", "from low to high"):
+        assert needed in sorts, needed
     letters = {rephrase(Task("count_letter", "q", "3", "r", None, {"word": "strawberry", "letter": "r"}),
                         random.Random(i), "train").task.question for i in range(300)}
     assert any("'r'" in q for q in letters) and any(" r " in q or "r's" in q for q in letters)

@@ -7,8 +7,8 @@ say (a descending sort needs a descending core); wrappers add politeness and fil
 
 Cores and wrappers are templates with ids; each group's templates are ranked by a fixed hash of their id and the
 lowest TEST_SHARE of them (at least one) form the test split, so held-out phrasings never appear in training data.
-Slot fillers (quotes around a letter, how a list is written) and surface variants are not split: they are typing
-habits, not phrasings.
+Slot fillers (quotes around a letter, how a list is written, the multiplication sign, a sort's direction words)
+and surface variants are not split: they are typing habits and vocabulary, not phrasings.
 """
 import dataclasses
 import hashlib
@@ -20,6 +20,9 @@ from dsv4.train.task_words import ITEM_PLURALS, PREFIXES, SUFFIXES, UNIT_ABBREVI
 from dsv4.train.tasks import SPLITS, Task
 
 TEST_SHARE = 0.25  # share of each group's templates held out for testing
+DIRECTION_WORDS = (("smallest", "largest"), ("lowest", "highest"), ("low", "high"), ("smallest", "biggest"),
+                   ("least", "greatest"))  # (ascending end, descending end) of a sort
+TIMES_SIGNS = ("x", "*", "×")
 
 
 class PhrasingError(ValueError):
@@ -44,10 +47,10 @@ _SUB = ("What is {a} minus {b}?", "{a} minus {b}", "{a}-{b}", "What's {a} - {b}?
         "What is the difference between {a} and {b}?", "How much is {a} minus {b}?",
         "If I have {a} and give away {b}, how many are left?", "What do you get if you subtract {b} from {a}?",
         "{a} less {b}?", "Work out {a} - {b}.", "What does {a} - {b} equal?", "Find {a} minus {b}.")
-_MUL = ("What is {a} times {b}?", "{a} times {b}", "{a} x {b}", "{a}*{b}", "{a} × {b} = ?", "Multiply {a} by {b}.",
+_MUL = ("What is {a} times {b}?", "{a} times {b}", "{a} {x} {b}", "{a}{x}{b}", "{a} × {b} = ?", "Multiply {a} by {b}.",
         "Multiply {a} and {b}.", "What is the product of {a} and {b}?", "What is {a} multiplied by {b}?",
         "{a} multiplied by {b}?", "How much is {a} times {b}?", "What do you get if you multiply {a} by {b}?",
-        "What's {a} * {b}?", "Work out {a} * {b}.", "Product of {a} and {b}?", "{a} times {b} equals what?")
+        "What's {a} {x} {b}?", "Work out {a} {x} {b}.", "Product of {a} and {b}?", "{a} times {b} equals what?")
 _EXPR = ("{expr}", "{tight}", "What's {expr}?", "What does {expr} equal?", "Evaluate {tight}.", "Work out {expr}.",
          "Solve {expr}.", "What is the value of {expr}?", "{expr} equals?", "Calculate {tight}",
          "Simplify {expr}.", "Find the value of {expr}.", "Can you evaluate {expr}?", "What's the result of {expr}?",
@@ -75,18 +78,21 @@ _COUNT_ONE = ("How many times does {t} appear in: {list}?", "How many {ts} are i
               "How often does {t} occur here: {list}?", "Count how many times {t} appears: {list}.",
               "How many {t} are in {list}?", "Number of {ts} in {list}?", "I have {list}. How many of them are {ts}?",
               "Tell me how many times {t} is listed: {list}.")
-_SORT_UP = ("Sort {nums} from smallest to largest.", "Sort these numbers: {nums}", "sort {nums}",
-            "Put these in increasing order: {nums}", "Order {nums} from lowest to highest.",
-            "Arrange {nums} in ascending order.", "Sort ascending: {nums}", "Can you sort these: {nums}?",
-            "{nums} sorted from low to high?", "Sort {nums} smallest first.", "List {nums} in increasing order.",
-            "Put {nums} in order, smallest first.", "Order these numbers: {nums}",
-            "Sort the list {nums} in ascending order.", "{nums} in ascending order")
-_SORT_DOWN = ("Sort {nums} from largest to smallest.", "Sort {nums} in descending order.", "Biggest first: {nums}",
-              "Order these from highest to lowest: {nums}", "Put {nums} in decreasing order.",
-              "Sort {nums}, biggest first.", "Arrange {nums} in descending order.", "Sort descending: {nums}",
-              "List {nums} from high to low.", "Sort these numbers in reverse order: {nums}",
-              "{nums} sorted from largest to smallest?", "Order {nums} with the largest first.",
-              "Put these in order from biggest to smallest: {nums}")
+# Direction words are slots filled from DIRECTION_WORDS (vocabulary, not phrasing): what says "ascending" is the
+# order of the words, so every pair appears both ways in training, whichever frames are held out.
+_SORT_UP = ("Sort {nums} from {lo} to {hi}.", "Sort these numbers: {nums}", "sort {nums}",
+            "Put these in {up} order: {nums}", "Order {nums} from {lo} to {hi}.",
+            "Arrange {nums} in {up} order.", "Sort {up}: {nums}", "Can you sort these: {nums}?",
+            "{nums} sorted from {lo} to {hi}?", "Sort {nums} {lo_first} first.", "List {nums} in {up} order.",
+            "Put {nums} in order, {lo_first} first.", "Order these numbers: {nums}",
+            "Sort the list {nums} in {up} order.", "{nums} in {up} order", "Put these in order from {lo} to {hi}: {nums}",
+            "List {nums} from {lo} to {hi}.")
+_SORT_DOWN = ("Sort {nums} from {hi} to {lo}.", "Sort {nums} in {down} order.", "{hi_first_cap} first: {nums}",
+              "Order these from {hi} to {lo}: {nums}", "Put {nums} in {down} order.",
+              "Sort {nums}, {hi_first} first.", "Arrange {nums} in {down} order.", "Sort {down}: {nums}",
+              "List {nums} from {hi} to {lo}.", "Sort these numbers in reverse order: {nums}",
+              "{nums} sorted from {hi} to {lo}?", "Order {nums} with the {hi_first} first.",
+              "Put these in order from {hi} to {lo}: {nums}", "Order {nums} from {hi} to {lo}.")
 _WEEKDAY = ("What day is {days} after {d}?", "{days} after {d} is what day?", "What day will it be {days} after {d}?",
             "Today is {d}. What day is it in {days}?", "It's {d} today. What day of the week will it be in {days}?",
             "What day of the week is {days} from now if today is {d}?",
@@ -151,7 +157,7 @@ def _slots(task: Task, rng: random.Random) -> dict[str, str]:
     """The slot values of the task's core group, from its inputs (quotes and list style drawn from rng)."""
     x, quote = task.inputs, rng.choice(("", "", "'", '"'))
     if task.kind in ("add", "sub", "mul"):
-        return {"a": str(x["a"]), "b": str(x["b"])}
+        return {"a": str(x["a"]), "b": str(x["b"]), **({"x": rng.choice(TIMES_SIGNS)} if task.kind == "mul" else {})}
     if task.kind == "expr":
         return {"expr": x["expression"], "tight": x["expression"].replace(" ", "")}
     if task.kind == "convert":  # the cores with abbreviations only where both units have one
@@ -168,7 +174,11 @@ def _slots(task: Task, rng: random.Random) -> dict[str, str]:
         return {"list": _listed(x["items"], rng), "t": f"{quote}{target}{quote}",
                 "ts": ITEM_PLURALS.get(target, target + "s")}
     if task.kind == "sort":
-        return {"nums": _listed(x["numbers"], rng)}
+        lo, hi = rng.choice(DIRECTION_WORDS)
+        hi_first = rng.choice(("largest", "biggest", "highest"))
+        return {"nums": _listed(x["numbers"], rng), "lo": lo, "hi": hi, "lo_first": rng.choice(("smallest", "lowest")),
+                "hi_first": hi_first, "hi_first_cap": hi_first.capitalize(),
+                "up": rng.choice(("ascending", "increasing")), "down": rng.choice(("descending", "decreasing"))}
     n = x["days"]
     return {"d": x["start"], "days": "1 day" if n == 1 else f"{n} days"}
 
