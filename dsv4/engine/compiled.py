@@ -112,9 +112,14 @@ class CompiledStep:
         self._block, self._logits, self._draft = _compiled(backend)
         self._warm: set[tuple] = set()  # shape kinds (`_kind`) whose graphs warm_up compiled, forward and draft
 
-    def _guards(self, ids: torch.Tensor, part: str):
-        """The stance for a call: differentiating guards only when warm-up compiled graphs for its shape kind."""
-        if (part, *_kind(ids)) not in self._warm:
+    def _warmed(self, ids: torch.Tensor, part: str) -> bool:
+        """Whether warm-up compiled graphs for this call's shape kind (then nothing needs marking as dynamic and
+        only the differentiating guards are checked; see the module docstring)."""
+        return (part, *_kind(ids)) in self._warm
+
+    @staticmethod
+    def _stance(warmed: bool):
+        if not warmed:
             return nullcontext()
         return torch.compiler.set_stance(torch._dynamo.eval_frame._stance.stance, skip_guard_eval_unsafe=True)
 
@@ -122,10 +127,12 @@ class CompiledStep:
     def forward(self, ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, torch.Tensor]:
         self.model._check_ids(ids)
         self.model.reserve(cache, ids.shape[1])
-        _mark_dynamic(ids, cache)
-        with self._guards(ids, "forward"):
-            X = self.model.run_layers(ids, cache, run_block=self._run_block)
-            logits = self._logits(self.model, _dynamic_batch(X))
+        warmed = self._warmed(ids, "forward")
+        if not warmed:  # marks matter only to a compilation: a warmed step skips their per-tensor Python calls
+            _mark_dynamic(ids, cache)
+        with self._stance(warmed):
+            X = self.model.run_layers(ids, cache, run_block=self._block if warmed else self._run_block)
+            logits = self._logits(self.model, X if warmed else _dynamic_batch(X))
         cache.advance(ids.shape[1])
         return X, logits
 
@@ -135,9 +142,11 @@ class CompiledStep:
     @torch.no_grad()
     def draft(self, X: torch.Tensor, next_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         self.model._check_ids(next_ids)
-        _mark_dynamic(next_ids, cache)
-        with self._guards(next_ids, "draft"):
-            return self._draft(self.model, _dynamic_batch(X), next_ids, cache)
+        warmed = self._warmed(next_ids, "draft")
+        if not warmed:
+            _mark_dynamic(next_ids, cache)
+        with self._stance(warmed):
+            return self._draft(self.model, X if warmed else _dynamic_batch(X), next_ids, cache)
 
     def warm_up(self, speculative: bool, progress=None, batch_sizes: tuple[int, ...] = (1, 2)) -> float:
         """Compile every graph steady-state decoding uses (batch 1 and, through batch 2, every larger batch; S = 2
