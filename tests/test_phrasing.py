@@ -17,7 +17,8 @@ SLOTS = {"a": r"\d+", "b": r"\d+", "expr": r"[\d()]+(?: [+\-*] [\d()]+)+", "tigh
          "src": r"[a-z]+", "dst": r"[a-z]+", "src_abbr": ABBREVIATION, "dst_abbr": ABBREVIATION, "l": r"['\"]?[a-z]['\"]?",
          "w": r"['\"]?[a-z]+['\"]?", "ls": r"[a-z]'?s", "list": r"\[?[a-z]+(?:(?:, ?| and | )[a-z]+)*\]?", "t": r"['\"]?[a-z]+['\"]?",
          "ts": r"[a-z]+", "nums": r"\[?\d+(?:(?:, ?| and | )\d+)*\]?", "d": "(?:" + "|".join(d.lower() for d in WEEKDAYS) + ")",
-         "days": r"\d+ days?", "x": "(?:x|\\*|×)", "up": "(?:ascending|increasing)", "down": "(?:descending|decreasing)",
+         "days": r"\d+ days?", "x": "(?:x|\\*|×)", "up": "(?:ascending|increasing)",
+         "down": "(?:descending|decreasing)",
          "lo": "(?:smallest|lowest|low|least)", "hi": "(?:largest|highest|high|biggest|greatest)",
          "lo_first": "(?:smallest|lowest)", "hi_first": "(?:largest|biggest|highest)",
          "hi_first_cap": "(?:largest|biggest|highest)"}
@@ -79,8 +80,8 @@ def test_a_rephrased_task_keeps_its_answer_reasoning_and_expression(kind):
 def test_the_issue_examples_are_among_the_phrasings():
     cores = {text for texts in CORES.values() for text in texts}
     for needed in ("plus", "add", "sum", "what do you get if you add", "minus", "subtract", "take {b} from",
-                   "times", "multiply", "product", "multiplied by", "after {d}", "from now if today is", "how many {dst} is",
-                   "convert", "how many {ls} in {w}", "how many times does {l} appear in {w}", "count the {ls}"):
+                   "times", "multiply", "product", "multiplied by", "after {d}", "from now if today is",
+                   "how many {dst} is", "convert", "how many {ls} in {w}", "how many times does {l} appear in {w}", "count the {ls}"):
         assert any(needed in text.lower() for text in cores), needed
     sort = Task("sort", "q", "1, 2, 5, 9", "r", None, {"numbers": [5, 2, 9, 1], "descending": False})
     sorts = " | ".join(rephrase(dataclasses.replace(sort, inputs={**sort.inputs, "descending": down}),

@@ -35,7 +35,8 @@ def test_a_warm_started_run_begins_as_the_checkpoint_model(first_run):
     old = load_trained_model(first_run / "a" / CHECKPOINT)
     run = build_run(_config(first_run / "b.jsonl", first_run / "b", init_from=str(first_run / "a" / CHECKPOINT)),
                     cfg)
-    old_ids, new_ids = set(old_ids_of(first_run)), set(run.vocab.ids.tolist())
+    old_ids = set(load_checkpoint(first_run / "a" / CHECKPOINT)["vocab_ids"].tolist())
+    new_ids = set(run.vocab.ids.tolist())
     assert new_ids - old_ids and old_ids - new_ids   # the two runs' vocabularies differ both ways
     new = run.vocab.expand(run.model.eval(), cfg).eval()
     shared = sorted(old_ids & new_ids)
@@ -47,10 +48,6 @@ def test_a_warm_started_run_begins_as_the_checkpoint_model(first_run):
     with torch.no_grad():
         fresh_logits = fresh.vocab.expand(fresh.model.eval(), cfg).eval()(tokens)
         assert not torch.allclose(fresh_logits[..., columns], old(tokens)[..., columns])
-
-
-def old_ids_of(root) -> list[int]:
-    return load_checkpoint(root / "a" / CHECKPOINT)["vocab_ids"].tolist()
 
 
 def test_init_from_a_checkpoint_of_another_architecture_is_refused(first_run):

@@ -85,8 +85,8 @@ _SORT_UP = ("Sort {nums} from {lo} to {hi}.", "Sort these numbers: {nums}", "sor
             "Arrange {nums} in {up} order.", "Sort {up}: {nums}", "Can you sort these: {nums}?",
             "{nums} sorted from {lo} to {hi}?", "Sort {nums} {lo_first} first.", "List {nums} in {up} order.",
             "Put {nums} in order, {lo_first} first.", "Order these numbers: {nums}",
-            "Sort the list {nums} in {up} order.", "{nums} in {up} order", "Put these in order from {lo} to {hi}: {nums}",
-            "List {nums} from {lo} to {hi}.")
+            "Sort the list {nums} in {up} order.", "{nums} in {up} order",
+            "Put these in order from {lo} to {hi}: {nums}", "List {nums} from {lo} to {hi}.")
 _SORT_DOWN = ("Sort {nums} from {hi} to {lo}.", "Sort {nums} in {down} order.", "{hi_first_cap} first: {nums}",
               "Order these from {hi} to {lo}: {nums}", "Put {nums} in {down} order.",
               "Sort {nums}, {hi_first} first.", "Arrange {nums} in {down} order.", "Sort {down}: {nums}",

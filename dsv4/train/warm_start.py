@@ -4,8 +4,8 @@ Fine-tuning on new data means a new active vocabulary (see `vocab`): the checkpo
 by full token id. A token both runs saw keeps its trained embedding, head row and hash route; a token new to
 this run gets what the old model gave it in the full vocabulary (zero embedding and head rows), with the fresh
 hash route `init_weights` drew; a token only the checkpoint saw drops out (it has no row here). So the new run
-starts with the old model's logits on its own vocabulary. Every other tensor is copied as it is. Optimizer state and
-step are not: the new run has its own schedule.
+starts with the old model's logits on its own vocabulary. Every other tensor is copied as it is. Optimizer state
+and step are not: the new run has its own schedule.
 """
 import torch
 
@@ -33,9 +33,9 @@ def warm_start(model: Transformer, vocab: ActiveVocab, full_cfg: ModelConfig, st
         if name not in saved:
             raise CheckpointError(f"--init-from: the checkpoint has no {name}")
         source = saved[name]
-        if name in _ROWS_BY_TOKEN or name.endswith("tid2eid"):
-            if not name.endswith("tid2eid"):
-                tensor.zero_()
+        if name in _ROWS_BY_TOKEN:
+            tensor.zero_()
+        if name in _ROWS_BY_TOKEN or name.endswith("tid2eid"):  # rows by token id (hash routes keep fresh ones)
             tensor[shared] = source[old_rows[shared]].to(tensor.dtype)
         elif source.shape != tensor.shape:
             raise CheckpointError(f"--init-from: {name} has shape {tuple(source.shape)}, "
