@@ -14,7 +14,7 @@ from dsv4.parallel import Group, shard_experts, shard_model
 from dsv4.parallel.data_parallel import DataParallelEngine, serve_rank
 from dsv4.parallel.expert_parallel import ExpertParallel
 from gloo_world import spawn_results
-from test_parallel_tp import CONFIG, NO_EOS, PROMPTS, _engine_outputs, _model
+from test_parallel_tp import CONFIG, NO_EOS, PROMPTS, _engine_outputs, _model, _ranked_engine_tokens
 from tiny_models import random_model
 
 PER_RANK = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0][:20]]  # rank r's own prompt
@@ -74,14 +74,7 @@ def _worker(rank: int, world: int) -> dict:
         for c in (None, 13):  # ranks run different numbers of passes: each idles along until all are done
             results["ep"][c] = _logits(model, prompt, c)
             model.step_sync.drain()
-        for spec in (False, True):
-            config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
-            if rank == 0:
-                engine = DataParallelEngine(model, config, group)
-                results[f"tokens_{spec}"] = _engine_outputs(engine)
-                engine.close()
-            else:
-                serve_rank(Engine(model, config), group)
+        results.update(_ranked_engine_tokens(model, group, DataParallelEngine, serve_rank))
         if rank == 0:
             engine = DataParallelEngine(model, EngineConfig(eos_ids=NO_EOS), group)
             results["cancel"] = _with_cancel(engine)

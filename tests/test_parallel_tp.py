@@ -49,6 +49,21 @@ def _logits(model, chunk: int | None, decode: int = 24) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _ranked_engine_tokens(model, group: Group, lead, follower) -> dict:
+    """{"tokens_False"|"tokens_True": outputs} of `lead(model, config, group)` on rank 0, plain and speculative,
+    while every other rank runs `follower(Engine(model, config), group)` (rank 0's dict only)."""
+    results = {}
+    for spec in (False, True):
+        config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
+        if group.rank == 0:
+            engine = lead(model, config, group)
+            results[f"tokens_{spec}"] = _engine_outputs(engine)
+            engine.close()
+        else:
+            follower(Engine(model, config), group)
+    return results
+
+
 def _engine_outputs(engine: Engine) -> list[list[int]]:
     params = [SamplingParams(max_tokens=32, temperature=0), SamplingParams(max_tokens=32, temperature=0.9, seed=4),
               SamplingParams(max_tokens=20, temperature=0.7, top_p=0.9, seed=8)]
@@ -70,14 +85,7 @@ def _worker(rank: int, world: int) -> dict:
                 results[f"reference_tokens_{spec}"] = _engine_outputs(ref)
         model = shard_model(full, group)
         results["split"] = {c: _logits(model, c) for c in (None, 13)}
-        for spec in (False, True):
-            config = EngineConfig(speculative=spec, prefill_chunk=16, eos_ids=NO_EOS)
-            if rank == 0:
-                engine = LockstepEngine(model, config, group)
-                results[f"tokens_{spec}"] = _engine_outputs(engine)
-                engine.close()
-            else:
-                follow(Engine(model, config), group)
+        results.update(_ranked_engine_tokens(model, group, LockstepEngine, follow))
         results["parameters"] = sum(p.numel() for p in model.parameters())
     return results
 
