@@ -152,3 +152,9 @@ def test_train_data_command_writes_conversations_and_rejects_bad_shares(tmp_path
     assert any(sum(m["role"] == "user" for m in r["messages"]) > 1 for r in records)
     with pytest.raises(SystemExit):
         main(["train-data", "--out", str(out), "--n", "4", "--multi-turn", "1.5"])
+    assert main(["train-data", "--out", str(out), "--n", "30", "--multi-turn", "1", "--turns", "4,6"]) == 0
+    users = [sum(m["role"] == "user" for m in json.loads(line)["messages"]) for line in out.read_text().splitlines()]
+    assert min(users) >= 4 and max(users) <= 6
+    for bad in ("1,3", "5,4", "4"):
+        with pytest.raises(SystemExit):
+            main(["train-data", "--out", str(out), "--n", "4", "--turns", bad])

@@ -55,7 +55,9 @@ def register(subparsers) -> None:
     d.add_argument("--phrasing", choices=PHRASINGS, default="template", help="template: each kind's fixed questions "
                    "(default); varied: 3 in 4 questions in phrasings people type, from the train split of templates")
     d.add_argument("--multi-turn", type=_share, default=0.0, metavar="SHARE",
-                   help="share of records that are conversations of 2-5 questions, some referring back (default 0)")
+                   help="share of records that are conversations of several questions, some referring back (default 0)")
+    d.add_argument("--turns", type=_turns, default=(2, 5), metavar="FEWEST,MOST",
+                   help="questions per conversation, drawn uniformly (default 2,5)")
     d.add_argument("--system-prompts", type=_share, default=0.0, metavar="SHARE",
                    help="share of records with a system prompt: persona, formatting rules or a long agent prompt")
     d.add_argument("--scope", type=_share, default=0.0, metavar="SHARE",
@@ -104,9 +106,19 @@ def _share(text: str) -> float:
     return value
 
 
+def _turns(text: str) -> tuple[int, int]:
+    try:
+        fewest, most = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"turns must be FEWEST,MOST (two integers), found {text!r}") from None
+    if not 2 <= fewest <= most:
+        raise argparse.ArgumentTypeError(f"turns must satisfy 2 <= FEWEST <= MOST, found {text!r}")
+    return fewest, most
+
+
 def run_data(args: argparse.Namespace) -> int:
     mix = {"chat": args.chat, "think": args.think, "tools": args.tools}
-    options = ChatOptions(args.phrasing, args.multi_turn, args.system_prompts, args.scope)
+    options = ChatOptions(args.phrasing, args.multi_turn, args.system_prompts, args.scope, args.turns)
     records = task_records(args.n, args.seed, mix, args.kind_weights, options)
     write_jsonl(records, args.out)
     print(f"wrote {len(records)} records to {args.out}")

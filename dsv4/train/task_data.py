@@ -27,13 +27,15 @@ class ChatOptions(NamedTuple):
     """How the records go beyond one template question (issue 18); the defaults give today's records exactly.
 
     phrasing: "template" (the task's own question) or "varied" (dsv4.train.phrasing, train-split templates);
-    multi_turn: share of records that are 2-5 question conversations; system_prompts: share of records with a system
-    prompt; scope: share of single-question records that are a greeting or an out-of-scope question."""
+    multi_turn: share of records that are conversations; system_prompts: share of records with a system prompt;
+    scope: share of questions that are a greeting or an out-of-scope question; turns: the fewest and most questions
+    of a conversation."""
 
     phrasing: str = "template"
     multi_turn: float = 0.0
     system_prompts: float = 0.0
     scope: float = 0.0
+    turns: tuple[int, int] = (2, 5)
 
 
 def task_record(task: Task, mode: str) -> dict:
@@ -62,6 +64,8 @@ def _check_options(options: ChatOptions) -> None:
     shares = (options.multi_turn, options.system_prompts, options.scope)
     if options.phrasing not in PHRASINGS or not all(0 <= s <= 1 for s in shares):
         raise ModeError(f"phrasing must be one of {PHRASINGS} and shares in [0, 1], found {options}")
+    if not 2 <= options.turns[0] <= options.turns[1]:
+        raise ModeError(f"turns must be (fewest, most) with 2 <= fewest <= most, found {options.turns}")
 
 
 def _chat_conversation(task: Task, i: int, seed: int, options: ChatOptions,
@@ -70,7 +74,8 @@ def _chat_conversation(task: Task, i: int, seed: int, options: ChatOptions,
     rng = random.Random(f"dsv4-chat-records/{seed}/{i}")
     varied = VARIED_SHARE if options.phrasing == "varied" else 0.0
     if rng.random() < options.multi_turn:
-        conv_options = ConversationOptions(varied=varied, scope=options.scope, system=options.system_prompts)
+        conv_options = ConversationOptions(varied=varied, scope=options.scope, system=options.system_prompts,
+                                           turns=options.turns)
         return conversation(rng, "train", conv_options, first=task, kind_weights=kind_weights)
     if rng.random() < options.scope:
         task = scope_task(rng.choice(SCOPE_KINDS), rng, "train")
