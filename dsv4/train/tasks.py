@@ -147,16 +147,68 @@ def _expr(rng: random.Random) -> Task:
     return Task("expr", question, str(value), reasoning, expr, {"expression": expr})
 
 
+# A conversion factor as a chain of one-digit steps (and powers of ten): a product by 24 is a product by 4 then
+# by 6, a quotient by 24 the reverse, so no step multiplies or divides by more than one digit.
+_FACTOR_CHAINS = {1000: (1000,), 100: (100,), 60: (6, 10), 24: (4, 6), 12: (3, 4), 7: (7,), 3: (3,)}
+
+
+def _times_digit(n: int, d: int) -> tuple[int, str]:
+    """n * d for n >= 0 and one digit d, column by column from the ones: "41 * 6: 6 * 1 = 6: digit 6, carry 0;
+    6 * 4 + 0 = 24. So 41 * 6 = 246." A power of ten d appends zeros in one step."""
+    if d not in range(10):
+        return n * d, f"{n} * {d} = {n * d}."
+    digits, carry, steps = [int(c) for c in reversed(str(n))], 0, []
+    for i, x in enumerate(digits):
+        product = d * x + carry
+        step = f"{d} * {x}{f' + {carry}' if i else ''} = {product}"
+        if i < len(digits) - 1:
+            step += f": digit {product % 10}, carry {product // 10}"
+            carry = product // 10
+        steps.append(step)
+    return n * d, f"{n} * {d}: {'; '.join(steps)}. So {n} * {d} = {n * d}."
+
+
+def _divided_by_digit(n: int, d: int) -> tuple[int, str]:
+    """n / d for a multiple n of one digit d, digit by digit from the left: "246 / 6: 24 / 6 = 4 r 0; 6 / 6 = 1
+    r 0. So 246 / 6 = 41." A power of ten d drops zeros in one step."""
+    assert n % d == 0, (n, d)
+    if d not in range(10):
+        return n // d, f"{n} / {d} = {n // d}."
+    text = str(n)
+    at, part = 0, int(text[0])
+    while part < d and at + 1 < len(text):  # the first part to divide is the shortest prefix >= d
+        at += 1
+        part = part * 10 + int(text[at])
+    steps = []
+    while True:
+        quotient, remainder = divmod(part, d)
+        steps.append(f"{part} / {d} = {quotient} r {remainder}")
+        at += 1
+        if at == len(text):
+            break
+        part = remainder * 10 + int(text[at])
+    return n // d, f"{n} / {d}: {'; '.join(steps)}. So {n} / {d} = {n // d}."
+
+
 def convert_task(k: int, conversion: tuple, to_small: bool, question: str) -> Task:
-    """k larger units to smaller ones (to_small), or k * factor smaller units to k larger ones.
+    """k larger units to smaller ones (to_small), or k * factor smaller units to k larger ones, reasoned through
+    the factor's chain of one-digit products or quotients (_FACTOR_CHAINS).
     conversion: an entry of CONVERSIONS; question: may hold {q}, {src} and {dst} (plural unit names)."""
     big, small, factor = conversion
+    chain = _FACTOR_CHAINS[factor]
     if to_small:
-        quantity, value, src, dst, expr = k, k * factor, big, small, f"{k} * {factor}"
+        quantity, value, src, dst, op, expr = k, k * factor, big, small, "*", f"{k} * {factor}"
     else:
-        quantity, value, src, dst, expr = k * factor, k, small, big, f"{k * factor} / {factor}"
+        quantity, value, src, dst, op, expr = k * factor, k, small, big, "/", f"{k * factor} / {factor}"
+        chain = chain[::-1]
     question = question.format(dst=dst[1], q=quantity, src=src[1])
-    reasoning = f"1 {big[0]} = {factor} {small[1]}, so {quantity} {src[1]} = {expr} = {value} {dst[1]}."
+    steps, current = [], quantity
+    for d in chain:
+        current, text = (_times_digit if to_small else _divided_by_digit)(current, d)
+        steps.append(text)
+    how = f" ({'multiply' if to_small else 'divide'} by {' then by '.join(map(str, chain))})" if len(chain) > 1 else ""
+    reasoning = (f"1 {big[0]} = {factor} {small[1]}, so {quantity} {src[1]} = {quantity} {op} {factor} {dst[1]}"
+                 f"{how}. {' '.join(steps)} The answer is {value} {dst[1]}.")
     inputs = {"quantity": quantity, "from": src[1], "to": dst[1]}
     return Task("convert", question, str(value), reasoning, expr, inputs)
 

@@ -38,7 +38,7 @@ class TrainConfig:
     bias_speed: float = 1e-3            # gate-bias balancing step (DeepSeek-V3: 0.001)
     val_fraction: float = 0.02          # share of documents held out for the validation loss
     compile: bool = False               # torch.compile the training forward/backward (see loop.training_loss)
-    init_from: str = ""                 # a training checkpoint to start from instead of random weights (warm_start)
+    init_from: str = ""                 # a training checkpoint or model directory to start from (warm_start)
     log_every: int = 10
     eval_every: int = 100
     ckpt_every: int = 100
