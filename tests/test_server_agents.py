@@ -102,11 +102,13 @@ def test_a_calculator_round_trip_through_messages(claude):
 def test_stop_sequences_and_max_tokens_stop_reasons(claude):
     cut = message(claude, max_tokens=2, thinking={"type": "enabled", "budget_tokens": 50})
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 2
-    whole = message(claude).content[0].text
-    stop = whole[1:2]
-    stopped = message(claude, stop_sequences=[stop])
+    who = [{"role": "user", "content": "Who are you?"}]  # answered with a sentence (an answer like "77" has no
+    whole = message(claude, messages=who).content[0].text  # stop that leaves text before it)
+    at = next(i for i in range(1, len(whole)) if whole[i] not in whole[:i])
+    stop = whole[at]
+    stopped = message(claude, messages=who, stop_sequences=[stop])
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == stop
-    assert stopped.content[0].text == whole[:whole.index(stop)]
+    assert stopped.content[0].text == whole[:at]
 
 
 def test_count_tokens_is_the_prompt_length(claude):
