@@ -52,7 +52,7 @@ typedef struct {
 } layout;
 
 #if defined(DSV4K_AVX512)
-static const layout BF16_ACT = {32, 32, 2}, FP8_ACT = {32, 32, 2}, FP4_ACT = {128, 128, 8};
+static const layout BF16_ACT = {32, 32, 2}, FP8_ACT = {32, 16, 1}, FP4_ACT = {128, 128, 8};
 static const layout F32_ACT = {16, 16, 1}; /* plain rows (prep_rows_avx512 wants a perm: 1 way is the identity) */
 #elif defined(DSV4K_AVX2)
 static const layout BF16_ACT = {16, 16, 2}, FP8_ACT = {8, 0, 1}, FP4_ACT = {16, 16, 2}, F32_ACT = {8, 0, 1};
@@ -157,12 +157,6 @@ static void f32_prep(const float *x, int64_t m, int64_t k, void *act) { prep_row
 /* ---------------------------------------------------------------------------------------------------------- */
 #if defined(DSV4K_AVX512)
 
-static uint16_t E4M3_SUB_BF16[32]; /* e4m3 subnormal codes 0..7 (m * 2^-9) as bf16, padded for vpermw */
-
-__attribute__((constructor)) static void init_avx512_tables(void) {
-    for (int m = 0; m < 8; m++) E4M3_SUB_BF16[m] = f32_to_bf16(ldexpf((float)m, -9));
-}
-
 /* n (<= 16) ue8m0 bytes -> fp32 2^(b-127) in lanes 0..n-1 (0 -> 2^-127, 255 -> NaN); missing lanes 2^-127. */
 ALWAYS_INLINE __m512 e8m0x16(const uint8_t *s, int64_t n) {
     __m128i b = _mm_maskz_loadu_epi8((__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1), s);
@@ -253,37 +247,19 @@ static void fp4_row_scales(const uint8_t *sr, int64_t groups, float *sf4) {
     }
 }
 
-/* 32 e4m3 bytes -> bf16 words, exactly. Normal codes: the 7 magnitude bits shifted under the bf16 exponent and the
- * exponent rebiased (+120), the sign from the sign-extended byte. Subnormal codes (exponent 0, zero included) come
- * from an 8-entry table when `subnormals` (the caller tests whole blocks, so the branch is rare and predictable).
- * The NaN code is not special-cased. */
-ALWAYS_INLINE __m512i e4m3_to_bf16(__m256i raw, __m512i sub_lut, int subnormals) {
-    __m512i w = _mm512_cvtepi8_epi16(raw);
-    __m512i v = _mm512_add_epi16(_mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16((short)0x87f0)),
-                                 _mm512_set1_epi16(0x3c00));
-    if (subnormals)
-        v = _mm512_ternarylogic_epi32(
-            _mm512_mask_permutexvar_epi16(v, _mm256_testn_epi8_mask(raw, _mm256_set1_epi8(0x78)), w, sub_lut),
-            _mm512_slli_epi16(w, 4), _mm512_set1_epi16((short)0x8000), 0xf8); /* table value | sign */
-    return v;
+/* 32 e4m3 bytes -> fp16 words of 2^-8 times their values, exactly: the 7 magnitude bits go under fp16's exponent
+ * (whose bias is 8 more than e4m3's), so subnormal codes and zero land on fp16 subnormals and zero with no special
+ * case; the sign comes from the sign-extended byte (bit 14, the top exponent bit, cleared). The NaN code is not
+ * special-cased. */
+ALWAYS_INLINE __m512i e4m3_to_f16_scaled(__m256i raw) {
+    return _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(raw), 7), _mm512_set1_epi16((short)0xbf80));
 }
 
-/* Whether bytes [j, e) of an e4m3 row hold a subnormal code (or zero). */
-ALWAYS_INLINE int has_e4m3_subnormal(const uint8_t *wr, int64_t j, int64_t e) {
-    __mmask64 any = 0;
-    for (; j < e; j += 64) {
-        __mmask64 valid = e - j >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (e - j)) - 1;
-        any |= _mm512_mask_testn_epi8_mask(valid, _mm512_maskz_loadu_epi8(valid, wr + j), _mm512_set1_epi8(0x78));
-    }
-    return any != 0;
-}
-
-/* One FP8 weight row against MT fp32 activation rows (layout FP8_ACT: per 32, even values then odd): per 32 weights
- * the bf16 words split into even (shift) and odd (mask) fp32 lanes; per 128-block the sums are scaled by the
- * block's ue8m0 weight scale. */
+/* One FP8 weight row against MT fp32 activation rows (layout FP8_ACT: plain order): per 32 weights the fp16 words
+ * widen to fp32 (vcvtph2ps) in two halves of 16; per 128-block the sums are scaled by the block's ue8m0 weight scale,
+ * and the 2^-8 of the fp16 decoding is undone once at the end (powers of two: exact). */
 ALWAYS_INLINE void fp8_tile(const uint8_t *wr, const uint8_t *srow, int64_t k0, int64_t k1, const float *x,
                             int64_t xs, float *res, const int MT) {
-    const __m512i sub_lut = _mm512_loadu_si512(E4M3_SUB_BF16), hi_mask = _mm512_set1_epi32((int)0xffff0000u);
     __m512 acc[MT_MAX][2];
 #pragma GCC unroll 8
     for (int t = 0; t < MT; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
@@ -294,18 +270,16 @@ ALWAYS_INLINE void fp8_tile(const uint8_t *wr, const uint8_t *srow, int64_t k0, 
         for (int t = 0; t < MT; t++) d[t][0] = d[t][1] = _mm512_setzero_ps();
         PREFETCH(wr + b);
         PREFETCH(wr + b + 64);
-        const int subnormals = has_e4m3_subnormal(wr, b, e);
         for (int64_t j = b; j < e; j += 32) {
             int64_t left = e - j;
             __m256i raw = left >= 32 ? _mm256_loadu_si256((const __m256i *)(wr + j))
                                      : _mm256_maskz_loadu_epi8((__mmask32)((1u << left) - 1), wr + j);
-            __m512i w = e4m3_to_bf16(raw, sub_lut, subnormals);
-            __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-            __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));
+            __m512i h = e4m3_to_f16_scaled(raw);
+            __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 #pragma GCC unroll 8
             for (int t = 0; t < MT; t++) {
-                d[t][0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(x + t * xs + j), d[t][0]);
-                d[t][1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(x + t * xs + j + 16), d[t][1]);
+                d[t][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + t * xs + j), d[t][0]);
+                d[t][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + t * xs + j + 16), d[t][1]);
             }
         }
         const __m512 sw = _mm512_set1_ps(e8m0_value(srow[b / QBLOCK]));
@@ -316,7 +290,7 @@ ALWAYS_INLINE void fp8_tile(const uint8_t *wr, const uint8_t *srow, int64_t k0, 
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < MT; t++) res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+    for (int t = 0; t < MT; t++) res[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) * 256.f;
 }
 
 /* One bf16 weight row against MT fp32 activation rows (layout: per 32, even elements then odd): a dword of two
@@ -669,20 +643,17 @@ static void fp4_dequant(const dsv4k_weight *W, int64_t r0, int64_t r1, float *ou
 
 static void fp8_dequant(const dsv4k_weight *W, int64_t r0, int64_t r1, float *out) {
     const int64_t k = W->k, kblocks = (k + QBLOCK - 1) / QBLOCK;
-#if defined(DSV4K_AVX512)
-    const __m512i sub_lut = _mm512_loadu_si512(E4M3_SUB_BF16);
-#endif
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = W->w + r * k, *srow = W->s + (r / QBLOCK) * kblocks;
         float *o = out + (r - r0) * k;
         int64_t j = 0;
-#if defined(DSV4K_AVX512) /* 32 values at a time through e4m3_to_bf16 (subnormals always fixed), widened, scaled */
+#if defined(DSV4K_AVX512) /* 32 values at a time through e4m3_to_f16_scaled, widened, times 2^8 and the scale */
         for (; j + 32 <= k; j += 32) {
-            const __m512 s = _mm512_set1_ps(e8m0_value(srow[j / QBLOCK]));
-            __m512i w = e4m3_to_bf16(_mm256_loadu_si256((const __m256i *)(wr + j)), sub_lut, 1);
-            __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(w)), hi = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w, 1));
-            _mm512_storeu_ps(o + j, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(lo, 16)), s));
-            _mm512_storeu_ps(o + j + 16, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(hi, 16)), s));
+            const __m512 s = _mm512_set1_ps(e8m0_value(srow[j / QBLOCK])), unscale = _mm512_set1_ps(256.f);
+            __m512i h = e4m3_to_f16_scaled(_mm256_loadu_si256((const __m256i *)(wr + j)));
+            __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+            _mm512_storeu_ps(o + j, _mm512_mul_ps(_mm512_mul_ps(lo, unscale), s));
+            _mm512_storeu_ps(o + j + 16, _mm512_mul_ps(_mm512_mul_ps(hi, unscale), s));
         }
 #endif
         for (; j < k; j++) o[j] = E4M3[wr[j]] * e8m0_value(srow[j / QBLOCK]);
