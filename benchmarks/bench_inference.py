@@ -379,12 +379,13 @@ def speculative_table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
+def warm(r: dict) -> str:
+    return "" if r.get("warm_up_s") is None else f"{r['warm_up_s']:.1f}"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| framework | prefill tok/s | TTFT ms | decode tok/s (b=1) | decode tok/s (b=8) | peak MiB | warm-up s |\n"
             "|---|---:|---:|---:|---:|---:|---:|")
-    def warm(r: dict) -> str:
-        return "" if r.get("warm_up_s") is None else f"{r['warm_up_s']:.1f}"
-
     lines = [f"| {r['framework']} | {r['prefill_tok_s']:.0f} | {r['ttft_ms']:.0f} | {r['decode_b1_tok_s']:.1f} | "
              f"{r['decode_b8_tok_s']:.1f} | {r['peak_mem_mib']:.0f} | {warm(r)} |" for r in rows]
     return "\n".join([head, *lines])
@@ -462,11 +463,14 @@ def large_child(framework: str, path: str, length: int, new: int, threads: int, 
         kernels.set_threads(threads)
         model = load_model(path, dtype=torch.bfloat16)
         per_token, matmuls = dsv4_bytes_per_token(model), kernels.describe()
-        engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset()))
+        engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset(),
+                                            compile=framework == COMPILED))
+        warm = engine.warm_up() if framework == COMPILED else None
         times = engine_times(engine, length, new, CLOCKS[clock])
     return {"framework": framework, "matmuls": matmuls, "prefill_tok_s": length / times["ttft"],
             "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
-            "bytes_per_token": per_token, "rss_mib": rss_kib("VmRSS") / 1024}
+            "bytes_per_token": per_token, "rss_mib": rss_kib("VmRSS") / 1024,
+            "warm_up_s": None if framework == "llama.cpp" else warm or 0.0}
 
 
 def large_rows(directory: Path, size: str, length: int, new: int, threads: int, clock: str) -> dict:
@@ -479,7 +483,7 @@ def large_rows(directory: Path, size: str, length: int, new: int, threads: int, 
     kernels.set_threads(threads)
     bandwidth = read_bandwidth()
     rows = []
-    for framework in ["dsv4"] + (["llama.cpp"] if have_llama_cpp() else []):
+    for framework in ["dsv4", COMPILED] + (["llama.cpp"] if have_llama_cpp() else []):
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             row = pool.submit(large_child, framework, str(path), length, new, threads, clock).result()
         row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
@@ -490,10 +494,11 @@ def large_rows(directory: Path, size: str, length: int, new: int, threads: int, 
 
 def large_table(large: dict) -> str:
     head = ("| framework | matmuls | prefill tok/s | decode tok/s (b=1) | decode tok/s (b=8) | GB read/token | "
-            "bound tok/s | b=1 vs bound |\n|---|---|---:|---:|---:|---:|---:|---:|")
+            "bound tok/s | b=1 vs bound | warm-up s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['framework']} | {r['matmuls']} | {r['prefill_tok_s']:.1f} | {r['decode_b1_tok_s']:.2f} | "
              f"{r['decode_b8_tok_s']:.2f} | {r['bytes_per_token'] / 1e9:.3f} | {r['bound_tok_s']:.1f} | "
-             f"{r['fraction_of_bound']:.0%} |" for r in large["rows"]]
+             f"{r['fraction_of_bound']:.0%} | {warm(r)} |"
+             for r in large["rows"]]
     return "\n".join([head, *lines])
 
 
