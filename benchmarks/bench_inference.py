@@ -14,9 +14,10 @@ The config fits llama.cpp's loader: 4 mHC streams, compression ratios 0/4/128, a
 The "large" part is the same comparison where the speed of quantized weights decides it: synthetic checkpoints of
 Flash's architecture with the real 129,280-token vocabulary in the official format (FP4 experts, FP8 dense, BF16
 head), written by the benchmark (streamed, kept in --large-dir): "large", hidden 2048, 8 layers, 32 routed experts
-of 2048x2048 (top-6), ~4B parameters; "small", hidden 512, 8 layers, 16 experts. dsv4 loads it as stored (native kernels, bf16 activations); llama.cpp reads its
-MXFP4 GGUF (`dsv4 convert --recipe MXFP4`: the same expert bytes, FP8 widened to BF16 as llama.cpp's own converter
-does). Both on every core. Each row also gives the bytes one decode token reads and the bound the machine's read
+of 2048x2048 (top-6), ~4B parameters; "small", hidden 512, 8 layers, 16 experts. dsv4 loads it as stored (native
+kernels, bf16 activations) and runs it eagerly and with its compiled decode step (warm-up reported); llama.cpp
+reads its MXFP4 GGUF (`dsv4 convert --recipe MXFP4`: the same expert bytes, FP8 widened to BF16 as llama.cpp's own
+converter does). All on every core. Each row also gives the bytes one decode token reads and the bound the machine's read
 bandwidth (measured in the same run) puts on tok/s.
 
 Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
