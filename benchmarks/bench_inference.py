@@ -17,8 +17,8 @@ head), written by the benchmark (streamed, kept in --large-dir): "large", hidden
 of 2048x2048 (top-6), ~4B parameters; "small", hidden 512, 8 layers, 16 experts. dsv4 loads it as stored (native
 kernels, bf16 activations) and runs it eagerly and with its compiled decode step (warm-up reported); llama.cpp
 reads its MXFP4 GGUF (`dsv4 convert --recipe MXFP4`: the same expert bytes, FP8 widened to BF16 as llama.cpp's own
-converter does). All on every core. Each row also gives the bytes one decode token reads and the bound the machine's read
-bandwidth (measured in the same run) puts on tok/s.
+converter does). All on every core. Each row also gives the bytes one decode token reads and the bound the
+machine's read bandwidth (measured in the same run) puts on tok/s.
 
 Speculative decoding needs a trained MTP module (random weights' drafts are never accepted), so its rows use the
 bundled demo model on held-out thinking-mode task prompts: greedy decode tok/s at batch 1 and 8 with and without
