@@ -446,8 +446,9 @@ def gguf_bytes_per_token(path: Path, topk: int) -> int:
     return total
 
 
-def large_child(framework: str, path: str, length: int, new: int, threads: int, clock: str) -> dict:
-    """(Child process.) One framework on the large checkpoint: speeds, bytes per token, resident memory."""
+def large_child(framework: str, path: str, length: int, new: int, threads: int, clock: str) -> dict | None:
+    """(Child process.) One framework on the large checkpoint: speeds, bytes per token, resident memory; None for
+    the compiled step when it could not compile (the engine warned and would decode eagerly)."""
     from dsv4 import kernels
 
     torch.set_num_threads(threads)
@@ -467,6 +468,8 @@ def large_child(framework: str, path: str, length: int, new: int, threads: int, 
         engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset(),
                                             compile=framework == COMPILED))
         warm = engine.warm_up() if framework == COMPILED else None
+        if framework == COMPILED and engine.runner.compiled is None:  # compiling failed (warned): no such row
+            return None
         times = engine_times(engine, length, new, CLOCKS[clock])
     return {"framework": framework, "matmuls": matmuls, "prefill_tok_s": length / times["ttft"],
             "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
@@ -487,6 +490,8 @@ def large_rows(directory: Path, size: str, length: int, new: int, threads: int, 
     for framework in ["dsv4", COMPILED] + (["llama.cpp"] if have_llama_cpp() else []):
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
             row = pool.submit(large_child, framework, str(path), length, new, threads, clock).result()
+        if row is None:
+            continue
         row["bound_tok_s"] = bandwidth / row["bytes_per_token"]
         row["fraction_of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows.append(row)
