@@ -467,14 +467,14 @@ def large_child(framework: str, path: str, length: int, new: int, threads: int, 
         per_token, matmuls = dsv4_bytes_per_token(model), kernels.describe()
         engine = Engine(model, EngineConfig(prefill_chunk=length, prefix_cache_bytes=0, eos_ids=frozenset(),
                                             compile=framework == COMPILED))
-        warm = engine.warm_up() if framework == COMPILED else None
+        warm_up_s = engine.warm_up() if framework == COMPILED else 0.0
         if framework == COMPILED and engine.runner.compiled is None:  # compiling failed (warned): no such row
             return None
         times = engine_times(engine, length, new, CLOCKS[clock])
     return {"framework": framework, "matmuls": matmuls, "prefill_tok_s": length / times["ttft"],
             "decode_b1_tok_s": new / times["decode_b1"], "decode_b8_tok_s": BATCH * new / times["decode_b8"],
             "bytes_per_token": per_token, "rss_mib": rss_kib("VmRSS") / 1024,
-            "warm_up_s": None if framework == "llama.cpp" else warm or 0.0}
+            "warm_up_s": None if framework == "llama.cpp" else warm_up_s}
 
 
 def large_rows(directory: Path, size: str, length: int, new: int, threads: int, clock: str) -> dict:
