@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from dsv4.chat import encode_messages_ids
+from dsv4.chat.tokenizer import load_tokenizer
 from dsv4.engine import EngineConfig
 from dsv4.engine.model_path import load_for_inference
 from dsv4.server.run import BackgroundServer, make_state
@@ -165,6 +166,42 @@ def test_a_calculator_round_trip_through_responses(oai):
     oai.responses.delete(chained.id)
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve(chained.id)
+
+
+def scripted(monkeypatch, state, follow: dict[int, int]) -> None:
+    """Make the served model continue a row whose last token is a key of `follow` with its value: that logit is set
+    far above all others (the rest of the time the model runs as trained)."""
+    runner = state.loop.engine.runner
+    real = runner.forward
+
+    def forced(ids, cache, all_logits=False, step=False):
+        X, logits = real(ids, cache, all_logits=all_logits, step=step)
+        for row, tokens in enumerate(ids):
+            if not all_logits and tokens[-1] in follow:
+                logits[row, follow[tokens[-1]]] = logits[row].max() + 100.0
+        return X, logits
+
+    monkeypatch.setattr(runner, "forward", forced)
+
+
+def test_an_empty_answer_is_still_a_message_item_so_dropping_reasoning_keeps_the_turn(model, monkeypatch):
+    """The model thinks, then answers nothing: the output still ends in an (empty) message, whole and streamed, so a
+    client that drops reasoning items replays the same assistant turn as one that keeps them."""
+    tok = load_tokenizer()
+    (hm,) = tok.encode_plain("hm")
+    state = make_state(model, model_name=MODEL)
+    scripted(monkeypatch, state, {tok.think_id: hm, hm: tok.end_think_id, tok.end_think_id: tok.eos_id})
+    with BackgroundServer(state) as srv:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="k", max_retries=0)
+        whole = respond(client)
+        events = list(respond(client, stream=True))
+    assert [i.type for i in whole.output] == ["reasoning", "message"] and whole.output_text == ""
+    assert whole.output[0].content[0].text == "hm" and whole.output[1].content[0].text == ""
+    final = events[-1].response
+    assert [i.type for i in final.output] == ["reasoning", "message"] and final.output_text == ""
+    kinds = [e.type for e in events]
+    assert kinds.count("response.output_item.done") == 2 and "response.output_text.done" in kinds
+    assert "response.output_text.delta" not in kinds
 
 
 def test_reasoning_passed_back_encrypted_is_restored(oai, server):

@@ -31,9 +31,14 @@ Event = tuple[str, Block, str]
 
 
 class Blocks:
-    """push(delta) / finish() -> events; `blocks` holds every block so far, in order."""
+    """push(delta) / finish() -> events; `blocks` holds every block so far, in order.
 
-    def __init__(self):
+    `always_answer`: finish() adds an empty text block when the answer has neither text nor a call, so every turn
+    has an answer item (Responses clients replay output items; one that drops reasoning would otherwise drop the
+    whole turn, and the next prompt would differ from a client that keeps it)."""
+
+    def __init__(self, always_answer: bool = False):
+        self.always_answer = always_answer
         self.blocks: list[Block] = []
         self._open: Block | None = None        # the reasoning or text block being written
         self._calls: dict[int, Block] = {}     # tool-call index -> its block
@@ -62,6 +67,8 @@ class Blocks:
 
     def finish(self) -> list[Event]:
         events: list[Event] = []
+        if self.always_answer and not self._calls and not any(b.kind == TEXT for b in self.blocks):
+            self._writing(TEXT, events)
         for block in self.blocks:
             self._stop(block, events)
         return events
@@ -105,9 +112,10 @@ async def streamed_blocks(run: Any, blocks: Blocks, request: Any) -> AsyncIterat
     yield blocks.finish()
 
 
-async def whole_blocks(run: Any, request: Any) -> Blocks:
-    """The blocks of `run`'s whole answer; a failed generation raises (500)."""
-    blocks = Blocks()
+async def whole_blocks(run: Any, request: Any, blocks: Blocks | None = None) -> Blocks:
+    """The blocks of `run`'s whole answer (into `blocks`, a fresh `Blocks` by default); a failed generation raises
+    (500)."""
+    blocks = Blocks() if blocks is None else blocks
     async for delta, _ in run.pieces(run.choices[0], request):
         blocks.push(delta)
     blocks.finish()

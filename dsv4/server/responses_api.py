@@ -300,7 +300,7 @@ async def responses(state: ServerState, body: ResponsesRequest, request: Request
     resp = ResponseRun(await start_chat(state, chat, prompt_param="input"), body, conversation)
     if body.stream:
         return StreamingResponse(_events(resp, request), media_type="text/event-stream")
-    return resp.finish(await whole_blocks(resp.run, request))
+    return resp.finish(await whole_blocks(resp.run, request, Blocks(always_answer=True)))
 
 
 async def _events(resp: ResponseRun, request: Request) -> AsyncIterator[str]:
@@ -308,7 +308,7 @@ async def _events(resp: ResponseRun, request: Request) -> AsyncIterator[str]:
     (response.incomplete at the token limit, response.failed if the engine failed)."""
     yield resp.event("response.created", response=resp.response("in_progress", []))
     yield resp.event("response.in_progress", response=resp.response("in_progress", []))
-    blocks, choice = Blocks(), resp.run.choices[0]
+    blocks, choice = Blocks(always_answer=True), resp.run.choices[0]
     async for events in streamed_blocks(resp.run, blocks, request):
         for frame in _frames(resp, events) if events is not None else [R.KEEP_ALIVE]:
             yield frame
