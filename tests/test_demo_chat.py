@@ -4,7 +4,8 @@ server under a long generic system prompt. Every expected answer is worked out b
 contain the scope message (the model may say "Sorry, I can't help with that." first).
 
 Both are expected to fail today (strict: they start failing the suite once the model gets the conversation right,
-so the marks come off): the bundled model answers 5 of the 6, but sorts "from biggest to smallest" ascending.
+so the marks come off): the bundled model answers 5 of the 6, but sorts "from biggest to smallest" wrongly
+("5, 9, 2, 2").
 Issue 18 stays open until they pass."""
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ CONVERSATION = [
     ("how many minutes is 3 hours?", "180"),
     ("What is the capital of France?", SCOPE_MESSAGE),
 ]
-TODAY = pytest.mark.xfail(strict=True, reason="the bundled model sorts 'from biggest to smallest' ascending")
+TODAY = pytest.mark.xfail(strict=True, reason="the bundled model sorts 'from biggest to smallest' wrongly")
 
 
 def _correct(replies: list[str]) -> bool:

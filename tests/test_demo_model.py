@@ -61,7 +61,7 @@ def test_dsv4_chat_answers_a_held_out_task_correctly_when_scripted():
 
 def test_eval_json_reports_each_mode_and_thinking_wins_on_multi_step_tasks():
     """`dsv4 eval --json` on held-out tasks: accuracies in [0, 1]; on multi-step kinds thinking reaches the 80% bar
-    and clearly beats non-think (shipped weights, greedy; README: 89.2% vs 30.6% on 200)."""
+    and clearly beats non-think (shipped weights, greedy; README: 94.1% vs 36.6% on 200)."""
     from dsv4.chat import load_tokenizer
     from dsv4.engine import Engine, EngineConfig
     from dsv4.engine.model_path import load_for_inference

@@ -8,14 +8,8 @@ Workflow (the demo model; `demo_model.py` has its architecture):
         --seed 0 --resume --steps 1500 --batch-size 16 --micro-batch 8 --seq-len 512 --lr 1e-2 --warmup 30 \\
         --eval-every 750 --ckpt-every 25 --log-every 10 --compile
     dsv4 train-export runs/demo/ckpt.pt dsv4/assets/demo --recipe FP4-FP8EH   # official FP8/FP4 layout
-    # stage 2: fine-tune the shipped model on phrasings, conversations, system prompts, scope questions
-    dsv4 train-data --out runs/demo7/tasks.jsonl --n 60000 --seed 7 --chat 0.22 --think 0.74 --tools 0.04 \\
-        --kind-weights add=2,sub=2,mul=2,expr=1.5,count_letter=1,count_item=2,sort=3,weekday=0.5,convert=1.5 \\
-        --phrasing varied --multi-turn 0.8 --turns 3,6 --system-prompts 0.4 --scope 0.08
-    torchrun --nproc-per-node 2 -m dsv4.cli train --data runs/demo7/tasks.jsonl --out runs/demo7 --model demo \\
-        --seed 7 --init-from dsv4/assets/demo --steps 2000 --batch-size 16 --micro-batch 8 --seq-len 512 \\
-        --lr 4e-3 --warmup 30 --eval-every 1000 --ckpt-every 25 --log-every 10 --compile
-    dsv4 train-export runs/demo7/ckpt.pt dsv4/assets/demo --recipe FP4-FP8EH
+    # stages 2 and 3 fine-tune the shipped model (`--init-from dsv4/assets/demo`) on phrasings, conversations,
+    # system prompts and scope questions: their exact commands are in the README ("The bundled demo model").
     dsv4 eval --seed 1 --json              # held-out tasks: the test split, whose inputs training never saw
 
 Modules: tasks / task_words / task_messages / calculator / grading (the synthetic tasks), task_data (tasks as
