@@ -12,15 +12,18 @@ E2M1_MAX = 6.0
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
+def ue8m0_exponent(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    """ceil(log2(amax / qmax)), computed exactly: the exponent of `ue8m0_scale`. amax: positive fp32 -> int32."""
+    mant, exp = torch.frexp(amax.float() / qmax)  # ratio = mant * 2^exp, mant in [0.5, 1)
+    return torch.where(mant == 0.5, exp - 1, exp)  # exact powers of two keep their own exponent
+
+
 def ue8m0_scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
     """Smallest power of two s with amax / s <= qmax, i.e. 2^ceil(log2(amax / qmax)), computed exactly.
 
     amax: any shape, positive fp32. Returns fp32 of the same shape.
     """
-    ratio = amax.float() / qmax
-    mant, exp = torch.frexp(ratio)  # ratio = mant * 2^exp, mant in [0.5, 1)
-    exp = torch.where(mant == 0.5, exp - 1, exp)  # exact powers of two keep their own exponent
-    return torch.ldexp(torch.ones_like(ratio), exp)
+    return torch.ldexp(torch.ones_like(amax, dtype=torch.float32), ue8m0_exponent(amax, qmax))
 
 
 def round_e4m3(x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +73,14 @@ def _lookup(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 def _block_exponents(xb: torch.Tensor, qmax: float, min_amax: float) -> torch.Tensor:
     """ue8m0 scales of blocks xb [..., nb, block] as biased exponent bytes (2^(e-127)) [..., nb] uint8."""
-    s = ue8m0_scale(xb.abs().amax(-1).clamp(min=min_amax), qmax)
-    return s.to(torch.float8_e8m0fnu).view(torch.uint8)
+    # integer arithmetic, not a cast to float8_e8m0fnu: inductor cannot generate code for that dtype
+    exp = ue8m0_exponent(xb.abs().amax(-1).clamp(min=min_amax), qmax)
+    return (exp + 127).clamp(0, 254).to(torch.uint8)
 
 
 def _exponent_scales(e: torch.Tensor) -> torch.Tensor:
-    """Biased exponent bytes uint8 [...] -> the powers of two fp32 [..., 1]."""
-    return e.view(torch.float8_e8m0fnu).float()[..., None]
+    """Biased exponent bytes uint8 [...] -> the powers of two fp32 [..., 1] (as float8_e8m0fnu reads them)."""
+    return torch.ldexp(torch.ones(e.shape, dtype=torch.float32, device=e.device), e.int() - 127)[..., None]
 
 
 def encode_e4m3(x: torch.Tensor, block: int, min_amax: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,8 +41,22 @@ def prefilled(model, prompts):
 
 @pytest.mark.parametrize("rows,tokens", [(1, 1), (3, 1), (1, 2), (3, 2)])
 def test_compiled_step_equals_eager(model, rows, tokens):
+    steps_equal_eager(model, rows, tokens)
+
+
+def test_compiled_step_equals_eager_on_official_kv_entries():
+    """simulate_quant (what official checkpoints load with): FP8 main entries with ue8m0 exponent bytes and FP4
+    indexer keys in the cache, written inside the graph."""
+    model = random_model(seed=6, num_hidden_layers=1, compress_ratios=[4, 0], simulate_quant=True, head_dim=72,
+                         index_head_dim=32)
+    assert model.make_cache(1).layers[0].compressor.fmt.kind == "fp8"
+    steps_equal_eager(native_float_linears(fuse_experts(model)), rows=1, tokens=1)
+
+
+def steps_equal_eager(model, rows: int, tokens: int) -> None:
     step = CompiledStep(model)
-    step.warm_up(speculative=tokens == 2)  # warmed shape kinds run with dynamo's differentiating guards only
+    # warmed shape kinds run with dynamo's differentiating guards only
+    step.warm_up(speculative=tokens == 2, batch_sizes=(1,) if rows == 1 else (1, 2))
     compiled = prefilled(model, PROMPTS[:rows])
     eager = select_rows(compiled, list(range(rows)))
     ids = torch.tensor([[5 + t for t in range(tokens)]] * rows)
