@@ -2,7 +2,8 @@
 
 Plain PyTorch: softmax statistics in fp32, P cast to the value dtype for the PV product (as the reference kernel).
 Memory per chunk is O(C * H * (C + W + n_compressed)), so long prefills never build an S x S score matrix; HCA
-entries are decoded once per call (only the visible ones in eager mode), CSA entries gathered per query chunk.
+entries are decoded once per call (only the visible ones in eager mode), CSA entries gathered per query chunk (in
+a prefill, from entries decoded once).
 """
 import torch
 
@@ -34,13 +35,43 @@ def sparse_attention(q: torch.Tensor, window: torch.Tensor, window_ok: torch.Ten
         def compressed(c0, c1):
             return hca, ids < ((pos[:, c0:c1] + 1) // ratio)[..., None]
     elif entries is not None:                                      # CSA: the indexer's picks
-
-        def compressed(c0, c1):
-            idx = selected[:, c0:c1]
-            return entries.gather(idx.clamp(min=0)), idx >= 0      # [B, C, k, D], [B, C, k]
+        compressed = _picked(entries, selected, pos, ratio, S)
     out = [_chunk(q, window, window_ok, compressed, sink, scale, c0, min(S, c0 + QUERY_CHUNK))
            for c0 in range(0, S, QUERY_CHUNK)]
     return torch.cat(out, dim=1)
+
+
+def _picked(entries: CompressorCache, selected: torch.Tensor, pos: torch.Tensor, ratio: int, S: int):
+    """compressed(c0, c1) for CSA: the entries the queries c0..c1 picked, with their visibility.
+
+    A decode step (and any compiled step) gathers each query's k picks [B, C, k, D] and decodes only those. A
+    prefill chunk picks more entries than there are, so each visible entry is decoded once (decoding is per entry:
+    the same values): with few entries (n <= 2k) every query scores all of them, its picks visible [B, C, n], as
+    HCA does, which costs fewer flops than k gathered ones and copies nothing; with many, the picks are gathered
+    from the decoded entries."""
+    k = selected.shape[-1]
+    n = visible_entries(pos, ratio, entries.capacity)
+
+    def per_query(c0, c1):
+        idx = selected[:, c0:c1]
+        return entries.gather(idx.clamp(min=0)), idx >= 0          # [B, C, k, D], [B, C, k]
+
+    if torch.compiler.is_compiling() or not 0 < n < min(S, QUERY_CHUNK) * k:
+        return per_query
+    decoded = entries.read(0, n)                                   # [B, n, D]
+
+    def all_masked(c0, c1):
+        idx = selected[:, c0:c1]
+        seen = torch.zeros(*idx.shape[:2], n + 1, dtype=torch.bool, device=idx.device)
+        seen.scatter_(-1, torch.where((idx >= 0) & (idx < n), idx, n), True)        # -1 -> the dropped column n
+        return decoded, seen[..., :n]                              # [B, n, D], [B, C, n]
+
+    def gathered(c0, c1):
+        idx = selected[:, c0:c1]
+        rows = torch.arange(idx.shape[0], device=idx.device)[:, None, None]
+        return decoded[rows, idx.clamp(min=0, max=n - 1)], (idx >= 0) & (idx < n)
+
+    return all_masked if n <= 2 * k else gathered
 
 
 def _chunk(q, window, window_ok, compressed, sink, scale, c0, c1):
