@@ -14,7 +14,7 @@ from dsv4.cache import select_rows, stack_caches
 from dsv4.engine import Engine, EngineConfig, SamplingParams
 from dsv4.engine.compiled import CompiledStep, compile_count
 from dsv4.quant.experts import fuse_experts
-from dsv4.quant.linear import native_float_linears
+from dsv4.quant.linear import NATIVE_MAX_ROWS, native_float_linears
 from tiny_models import random_model
 from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -76,6 +76,27 @@ def steps_equal_eager(model, rows: int, tokens: int) -> None:
         ids = want.argmax(-1)
 
 
+def test_speculative_drafts_of_a_wide_batch_reuse_the_warm_graphs(model):
+    """A batch whose verification rows fit the native kernels' row bound while the MTP draft's h_proj rows (hc_mult
+    per token) do not: it must run on the warmed batch graphs (it used to need a new graph, which the warmed-step
+    stance refuses: the engine raised on the first speculative step at batch 8 of the demo model)."""
+    step = CompiledStep(model)
+    step.warm_up(speculative=True, batch_sizes=(1, 2))
+    warm = compile_count()
+    rows = NATIVE_MAX_ROWS // 2  # 2 tokens per row: within the bound; times hc_mult streams: past it
+    assert rows * 2 * model.cfg.hc_mult > NATIVE_MAX_ROWS
+    prompts = [PROMPTS[i % 3][: 3 + i] for i in range(rows)]
+    compiled = prefilled(model, prompts)
+    eager = select_rows(compiled, list(range(rows)))
+    ids = torch.tensor([[5, 6]] * rows)
+    X, _ = step.forward(ids, compiled)
+    draft = step.draft(X, ids, compiled)
+    with torch.no_grad():
+        X_ref = model.hidden_streams(ids, eager)
+        assert torch.equal(draft, model.mtp_logits(X_ref, ids, eager)[:, -1].argmax(-1))
+    assert compile_count() == warm
+
+
 def run(model, compile: bool, speculative: bool, params: SamplingParams, prefix: bool = False):
     """Outputs of PROMPTS through one engine; with `prefix`, a second turn that extends the first prompt and its
     answer (served from the prefix cache)."""
@@ -129,3 +150,20 @@ def test_no_recompiles_in_steady_state(model, monkeypatch):
             steps += 1
     assert steps == 200 and longest > 64  # past the first entry-storage growth of the CSA layer (16 entries)
     assert compile_count() == warm
+
+
+def test_a_warmed_step_missing_its_graph_compiles_it_instead_of_failing(model):
+    """If a warmed shape kind meets a graph it lacks (here: dynamo's graphs dropped after warm-up), the step warns,
+    compiles it with every guard checked and returns what the eager model does. Last in this file: it resets
+    dynamo."""
+    step = CompiledStep(model)
+    step.warm_up(speculative=False, batch_sizes=(1,))
+    compiled = prefilled(model, PROMPTS[:1])
+    eager = select_rows(compiled, [0])
+    torch._dynamo.reset()
+    ids = torch.tensor([[5]])
+    with pytest.warns(UserWarning, match="warm-up did not compile"):
+        _, got = step.forward(ids, compiled)
+    with torch.no_grad():
+        want = model.logits(model.hidden_streams(ids, eager))
+    assert (got - want).abs().max() <= 1e-4 and torch.equal(compiled.pos, eager.pos)

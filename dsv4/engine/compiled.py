@@ -24,9 +24,12 @@ experts are custom ops inside the graphs (`dsv4.kernels.ops`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+import warnings
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch._dynamo
@@ -66,14 +69,25 @@ def compile_count(backend: str = "inductor") -> int:
 
 
 def _persistent_cache() -> None:
-    """Keep inductor's compiled graphs next to the kernels' build cache (~/.cache/dsv4/inductor) unless the user
-    chose a place: its default, under /tmp, is wiped on reboot, and a cold compile costs minutes. (Importing
-    torch._dynamo already wrote the default into the environment, so "unset" means "equal to the default".)"""
+    """Keep inductor's compiled graphs next to the kernels' build cache (~/.cache/dsv4/inductor/<source digest>)
+    unless the user chose a place: its default, under /tmp, is wiped on reboot, and a cold compile costs minutes.
+    One folder per version of dsv4's code: inductor's cache entries carry the shape guards of the code that traced
+    them, which another version's graphs must not inherit. (Importing torch._dynamo already wrote the default into
+    the environment, so "unset" means "equal to the default".)"""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir().parent / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir().parent / "inductor" / _source_digest())
+
+
+def _source_digest() -> str:
+    """A digest of the dsv4 package's Python sources (what the compiled graphs are traced from)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _compiled(backend: str) -> tuple:
@@ -127,14 +141,34 @@ class CompiledStep:
     def forward(self, ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, torch.Tensor]:
         self.model._check_ids(ids)
         self.model.reserve(cache, ids.shape[1])
-        warmed = self._warmed(ids, "forward")
+        X, logits = self._guarded(ids, "forward", lambda warmed: self._forward(ids, cache, warmed))
+        cache.advance(ids.shape[1])
+        return X, logits
+
+    def _forward(self, ids, cache, warmed: bool):
         if not warmed:  # marks matter only to a compilation: a warmed step skips their per-tensor Python calls
             _mark_dynamic(ids, cache)
         with self._stance(warmed):
             X = self.model.run_layers(ids, cache, run_block=self._block if warmed else self._run_block)
-            logits = self._logits(self.model, X if warmed else _dynamic_batch(X))
-        cache.advance(ids.shape[1])
-        return X, logits
+            return X, self._logits(self.model, X if warmed else _dynamic_batch(X))
+
+    def _guarded(self, ids: torch.Tensor, part: str, call):
+        """call(warmed) for this step's shape kind. Should a warmed kind still meet a graph it lacks (dynamo then
+        refuses to compile under the warmed stance), the kind is dropped from the warm set and the call redone with
+        every guard checked, compiling what it needs: a slow step, never a failed one. Redoing is safe: a step
+        writes the cache at its positions only (the same values again) and positions advance after it."""
+        warmed = self._warmed(ids, part)
+        if not warmed:
+            return call(False)
+        try:
+            return call(True)
+        except RuntimeError as e:
+            if "skip_guard_eval_unsafe" not in str(e):
+                raise
+            warnings.warn(f"the compiled decode step met a {part} graph warm-up did not compile (batch "
+                          f"{ids.shape[0]}, {ids.shape[1]} token(s)); compiling it now")
+            self._warm.discard((part, *_kind(ids)))
+            return call(False)
 
     def _run_block(self, block, X, pos, ids, layer_cache):
         return self._block(block, _dynamic_batch(X), _dynamic_batch(pos), ids, layer_cache)
@@ -142,7 +176,9 @@ class CompiledStep:
     @torch.no_grad()
     def draft(self, X: torch.Tensor, next_ids: torch.Tensor, cache: ModelCache) -> torch.Tensor:
         self.model._check_ids(next_ids)
-        warmed = self._warmed(next_ids, "draft")
+        return self._guarded(next_ids, "draft", lambda warmed: self._draft_call(X, next_ids, cache, warmed))
+
+    def _draft_call(self, X, next_ids, cache, warmed: bool):
         if not warmed:
             _mark_dynamic(next_ids, cache)
         with self._stance(warmed):

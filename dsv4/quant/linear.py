@@ -24,8 +24,12 @@ NATIVE_MAX_ROWS = 16
 
 
 def _native_rows(x: torch.Tensor, fmt: str) -> bool:
-    """Whether x [..., k] goes to the native kernel of `fmt` (few rows, on CPU, kernels available)."""
-    return x.device.type == "cpu" and x.numel() <= NATIVE_MAX_ROWS * x.shape[-1] and kernels.supports(fmt)
+    """Whether x [..., k] goes to the native kernel of `fmt` (few rows, on CPU, kernels available). Inside a
+    compiled decode step any row count does: a graph then holds no guard on its rows, which would otherwise split
+    one batch-size kind in two (the MTP draft's h_proj reads hc_mult rows per token, 4x a forward's)."""
+    if x.device.type != "cpu" or not kernels.supports(fmt):
+        return False
+    return torch.compiler.is_compiling() or x.numel() <= NATIVE_MAX_ROWS * x.shape[-1]
 
 
 def tiled_linear(x: torch.Tensor, out_features: int, tile_rows: int, rows_of) -> torch.Tensor:
