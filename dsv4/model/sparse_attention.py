@@ -50,13 +50,15 @@ def _picked(entries: CompressorCache, selected: torch.Tensor, pos: torch.Tensor,
     HCA does, which costs fewer flops than k gathered ones and copies nothing; with many, the picks are gathered
     from the decoded entries."""
     k = selected.shape[-1]
-    n = visible_entries(pos, ratio, entries.capacity)
 
     def per_query(c0, c1):
         idx = selected[:, c0:c1]
         return entries.gather(idx.clamp(min=0)), idx >= 0          # [B, C, k, D], [B, C, k]
 
-    if torch.compiler.is_compiling() or not 0 < n < min(S, QUERY_CHUNK) * k:
+    if S == 1 or torch.compiler.is_compiling():  # a decode step: no host read of the positions
+        return per_query
+    n = visible_entries(pos, ratio, entries.capacity)
+    if not 0 < n < min(S, QUERY_CHUNK) * k:
         return per_query
     decoded = entries.read(0, n)                                   # [B, n, D]
 
