@@ -5,10 +5,13 @@ kind's sentence with slots ("What do you get if you add {a} and {b}?") filled fr
 editing its question, so answer, reasoning and expression stay the task's own. Cores are grouped by what they can
 say (a descending sort needs a descending core); wrappers add politeness and filler ("hey, ", " thanks!").
 
-Cores and wrappers are templates with ids; each group's templates are ranked by a fixed hash of their id and the
-lowest TEST_SHARE of them (at least one) form the test split, so held-out phrasings never appear in training data.
-Slot fillers (quotes around a letter, how a list is written, the multiplication sign, a sort's direction words)
-and surface variants are not split: they are typing habits and vocabulary, not phrasings.
+Cores and wrappers are templates with ids, in two sets per group. The hand-written ones (CORES, WRAPPERS) are
+ranked by a fixed hash of their id and the lowest TEST_SHARE of them (at least one) form the test split, the one
+earlier demo-model stages trained on. The composed ones (`phrase_parts.COMPOSED`: frames x phrases, EXTRA_WRAPPERS)
+go to test one by one, when the hash of their split key falls in the lowest TEST_SHARE (`split_composed`). Either
+way held-out phrasings never appear in training data. Slot fillers (quotes around a letter, how a list is written,
+the multiplication sign, a sort's direction words, unit abbreviations) and surface variants are not split: they are
+typing habits and vocabulary, not phrasings.
 """
 import dataclasses
 import hashlib
@@ -16,7 +19,8 @@ import random
 import string
 from typing import NamedTuple
 
-from dsv4.train.task_words import ITEM_PLURALS, PREFIXES, SUFFIXES, UNIT_ABBREVIATIONS
+from dsv4.train.phrase_parts import COMPOSED
+from dsv4.train.task_words import EXTRA_PREFIXES, EXTRA_SUFFIXES, ITEM_PLURALS, PREFIXES, SUFFIXES, UNIT_ABBREVIATIONS
 from dsv4.train.tasks import SPLITS, Task
 
 TEST_SHARE = 0.25  # share of each group's templates held out for testing
@@ -105,7 +109,8 @@ CORES = {"add": _ADD, "sub": _SUB, "mul": _MUL, "expr": _EXPR, "convert": _CONVE
          "count_item/all": _COUNT_ALL, "count_item/one": _COUNT_ONE, "sort/up": _SORT_UP, "sort/down": _SORT_DOWN,
          "weekday": _WEEKDAY}
 WRAPPERS = {"prefix": tuple(text for text, _ in PREFIXES), "suffix": SUFFIXES}
-_LOWERS_NEXT = {text for text, lowers in PREFIXES if lowers}
+EXTRA_WRAPPERS = {"prefix": tuple(text for text, _ in EXTRA_PREFIXES), "suffix": EXTRA_SUFFIXES}
+_LOWERS_NEXT = {text for text, lowers in PREFIXES + EXTRA_PREFIXES if lowers}
 
 
 def _rank(template_id: str) -> int:
@@ -119,7 +124,70 @@ def split_templates(group: str, texts: tuple[str, ...]) -> dict[str, tuple[Templ
     return {"test": tuple(ranked[:n_test]), "train": tuple(ranked[n_test:])}
 
 
-TEMPLATES = {group: split_templates(group, texts) for group, texts in {**CORES, **WRAPPERS}.items()}
+# The questions tasks ask themselves (dsv4.train.tasks), over the phrasing slots: training data keeps a share of them,
+# so a composed text that reads the same is never held out.
+_ARITHMETIC_OWN = ("What is {op}?", "Compute {op}.", "Calculate {op}.", "{op} = ?")
+TASK_OWN = {"add": tuple(t.replace("{op}", "{a} + {b}") for t in _ARITHMETIC_OWN),
+            "sub": tuple(t.replace("{op}", "{a} - {b}") for t in _ARITHMETIC_OWN),
+            "mul": tuple(t.replace("{op}", "{a} {x} {b}") for t in _ARITHMETIC_OWN),
+            "expr": ("Evaluate {expr}.", *(t.replace("{op}", "{expr}") for t in _ARITHMETIC_OWN)),
+            "convert": ("How many {dst} are in {q} {src}?", "Convert {q} {src} to {dst}."),
+            "count_letter": ("How many times does the letter {l} appear in {w}?",
+                             "Count the letter {l} in the word {w}.", "In the word {w}, how many times does {l} occur?"),
+            "count_item/all": ("How many items are in this list: {list}?",),
+            "count_item/one": ("How many times does {t} appear in this list: {list}?",),
+            "sort/up": ("Sort these numbers in {up} order: {nums}.",),
+            "sort/down": ("Sort these numbers in {down} order: {nums}.",)}
+
+
+_ARITHMETIC = ("add", "sub", "mul", "expr")  # one family: "Tell me {expr}" and "Tell me {a} - {b}" read the same
+_OPERATIONS = ("{a} + {b}", "{a} - {b}", "{a} {x} {b}", "{a}+{b}", "{a}-{b}", "{a}{x}{b}", "{tight}")
+
+
+def _family(group: str) -> str:
+    return "arithmetic" if group in _ARITHMETIC else group
+
+
+def _key(group: str, text: str) -> str:
+    """What decides a template's split: its family and its text as every surface variant keeps it (lowercase, single
+    spaces, no final punctuation), with unit abbreviations read as units, a plural item as the item and a written-out
+    operation as an expression (they are vocabulary, like the slot fillers)."""
+    text = text.replace("{q}{src_abbr}", "{q} {src}").replace("_abbr}", "}").replace("{ts}", "{t}")
+    for operation in _OPERATIONS:
+        text = text.replace(operation, "{expr}")
+    return _family(group) + ":" + " ".join(text.lower().split()).rstrip("?.!").strip()
+
+
+def _fixed_splits() -> dict[str, str]:
+    """{key: split} of the hand-written templates and wrappers (train wins where two read the same: training data
+    already reads that way), then the tasks' own questions as train."""
+    fixed = {}
+    for group, texts in {**CORES, **WRAPPERS}.items():
+        for name, ts in split_templates(group, texts).items():
+            for t in ts:
+                if fixed.get(_key(group, t.text)) != "train":
+                    fixed[_key(group, t.text)] = name
+    for group, texts in TASK_OWN.items():
+        fixed.update({_key(group, t): "train" for t in texts})
+    return fixed
+
+
+def split_composed(group: str, texts: tuple[str, ...], composed: tuple[str, ...]) -> dict[str, tuple[Template, ...]]:
+    """The hand-written `texts` and the composed ones by split. A text that reads like a hand-written one (same
+    `_key`) takes its split, train where hand-written ones of both splits read alike; one that reads like a task's own
+    question (TASK_OWN) is train; any other composed text is "test" when the hash of its key is in the lowest
+    TEST_SHARE of the hash range (independent of the other templates, so adding one moves no other)."""
+    out = {"test": [], "train": []}
+    for text in dict.fromkeys(texts + composed):
+        key = _key(group, text)
+        name = _FIXED.get(key) or ("test" if _rank(key) < TEST_SHARE * 2 ** 32 else "train")
+        out[name].append(Template(f"{group}:{text}", text))
+    return {name: tuple(ts) for name, ts in out.items()}
+
+
+_FIXED = _fixed_splits()
+TEMPLATES = {group: split_composed(group, texts, {**COMPOSED, **EXTRA_WRAPPERS}.get(group, ()))
+             for group, texts in {**CORES, **WRAPPERS}.items()}
 
 
 def templates(group: str, split: str) -> tuple[Template, ...]:

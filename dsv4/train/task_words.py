@@ -65,6 +65,18 @@ SUFFIXES = (
     " please", " thanks!", " Thank you.", " thx", " Just the answer.", " (quick one)",
     " Can you help?", " :)", " I can't figure it out.", " Thanks in advance.", " Any idea?",
 )
+EXTRA_PREFIXES = (  # more of the same, split one by one (dsv4.train.phrasing.split_composed)
+    ("quick one: ", False), ("Hey there, ", True), ("Good morning! ", False), ("so ", True), ("Um, ", True),
+    ("Another one: ", False), ("Next: ", False), ("Sorry to bother you, ", True), ("Hi! ", False),
+    ("Can you do this? ", False), ("Math question: ", False), ("Random question: ", False), ("Well, ", True),
+    ("Okay, ", True), ("Hmm, ", True), ("Tell me, ", True), ("Right, ", True), ("Hey, quick question: ", False),
+    ("My teacher asked: ", False), ("For my homework: ", False),
+)
+EXTRA_SUFFIXES = (
+    " thanks", " Thanks!", " pls", " (please)", " Quick!", " if you can", " Thank you!", " cheers", " ty",
+    " I'm stuck.", " Help!", " asap", " (no rush)", " Just the number please.", " :D", " ?", " Thanks a lot.",
+    " Be quick.", " I need it for homework.", " Can you check?",
+)
 
 # Chat turns that are not tasks (dsv4.train.conversations): what the model says it can do, and what it is asked.
 SCOPE_MESSAGE = ("I am a small demo model: I can do arithmetic, counting, sorting, weekdays and unit conversions. "
