@@ -3,10 +3,10 @@ people type them, then an out-of-scope one, scripted through `dsv4 chat` (greedy
 server under a long generic system prompt. Every expected answer is worked out by hand; the out-of-scope one must
 contain the scope message (the model may say "Sorry, I can't help with that." first).
 
-Both are expected to fail today (strict: they start failing the suite once the model gets the conversation right,
-so the marks come off): the bundled model answers 5 of the 6, but sorts "from biggest to smallest" wrongly
-("5, 9, 2, 2").
-Issue 18 stays open until they pass."""
+The server conversation passes with the stage-4 model. The `dsv4 chat` one is expected to fail today (strict: it
+starts failing the suite once the model gets it right, so the mark comes off): without the system prompt the model
+answers 5 of the 6 but sorts the one-digit list "from biggest to smallest" wrongly ("1, 9, 5, 2"; training lists
+draw from 0-99, so all-one-digit lists are rare). Issue 18 stays open until it passes."""
 import shutil
 import subprocess
 import sys
@@ -27,7 +27,8 @@ CONVERSATION = [
     ("how many minutes is 3 hours?", "180"),
     ("What is the capital of France?", SCOPE_MESSAGE),
 ]
-TODAY = pytest.mark.xfail(strict=True, reason="the bundled model sorts 'from biggest to smallest' wrongly")
+TODAY = pytest.mark.xfail(strict=True, reason="without a system prompt the bundled model sorts the one-digit list "
+                          "'from biggest to smallest' wrongly")
 
 
 def _correct(replies: list[str]) -> bool:
@@ -75,7 +76,6 @@ def client(one_torch_thread):
         yield openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
-@TODAY
 def test_the_server_answers_the_same_conversation_under_a_long_system_prompt(client):
     messages = [{"role": "system", "content": SYSTEM}]
     replies = []
