@@ -12,6 +12,7 @@ the fast path. The PyTorch code stays the reference the kernels are tested again
     dequantize(fmt, weight, scale, n, k, rows, dtype) -> [r, k] fp32 or bf16
     moe(...)                                             see `moe` below
     index_topk(q, w, keys, lo, limit, heap_v, heap_i)    the lightning indexer's fused top-k, see below
+    sinkhorn(m, iters, eps) -> fp32 [..., n, n]          mHC's Sinkhorn normalisation, see below
     set_threads(n), threads(), read_probe(buffer)
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Library:
                                          _I64, _I64, _PTR, _PTR, ctypes.c_float, ctypes.c_int, _PTR]),
             "dsv4k_index_topk": (ctypes.c_int, [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _I64, _PTR,
                                                 _PTR]),
+            "dsv4k_sinkhorn": (ctypes.c_int, [_PTR, _I64, _I64, _I64, ctypes.c_float]),
             "dsv4k_supports": (ctypes.c_int, [ctypes.c_int]),
             "dsv4k_set_threads": (ctypes.c_int, [ctypes.c_int]),
             "dsv4k_get_threads": (ctypes.c_int, []),
@@ -257,3 +259,17 @@ def index_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lo: int, li
     limit = limit.to(torch.int64).contiguous()
     _check(lib.lib.dsv4k_index_topk(_ptr(q), _ptr(w), _ptr(keys), _ptr(limit), B, S, H, d, keys.shape[1], int(lo),
                                     heap_v.shape[-1], _ptr(heap_v), _ptr(heap_i)), "index_topk", "fp32")
+
+
+def sinkhorn(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """Sinkhorn normalisation of fp32 matrices m [..., n, n] (n <= 8) that are already softmax(logits) + eps: column
+    normalisation, then iters-1 rounds of row and column normalisation, each sum in index order -- bitwise
+    `dsv4.model.hyper.sinkhorn_numpy` after its softmax. Returns a new tensor."""
+    lib = library()
+    n = m.shape[-1]
+    if m.dtype != torch.float32 or m.shape[-2] != n:
+        raise KernelError(f"sinkhorn: fp32 [..., n, n] matrices, found {m.dtype} {list(m.shape)}")
+    out = m.contiguous().clone()
+    _check(lib.lib.dsv4k_sinkhorn(_ptr(out), out.numel() // max(n * n, 1), n, int(iters), float(eps)), "sinkhorn",
+           "fp32")
+    return out

@@ -1,7 +1,7 @@
 """The native entry points as torch custom ops (`torch.ops.dsv4.*`), so a torch.compile'd decode step keeps them as
 single opaque calls in its graph instead of breaking the graph at every ctypes call.
 
-`matmul`, `moe` and `index_topk` here are what modules call: the plain ctypes function when running eagerly (no
+`matmul`, `moe`, `index_topk` and `sinkhorn` here are what modules call: the plain ctypes function when running eagerly (no
 dispatcher cost), the custom op while dynamo traces. The fake implementations give inductor the output's shape and dtype.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ _LIB.define("moe(str fmt_in, str fmt_out, Tensor ptrs, int dim, int inter, Tenso
             "float limit) -> Tensor")
 _LIB.define("index_topk(Tensor q, Tensor w, Tensor keys, int lo, Tensor limit, Tensor heap_v, Tensor heap_i) "
             "-> (Tensor, Tensor)")
+_LIB.define("sinkhorn(Tensor m, int iters, float eps) -> Tensor")
 _LIB.impl("matmul", kernels.matmul, "CPU")
+_LIB.impl("sinkhorn", kernels.sinkhorn, "CPU")
 _LIB.impl("moe", kernels.moe, "CPU")
 
 
@@ -40,6 +42,11 @@ def _(fmt, weight, scale, n, k, x):
 @torch.library.register_fake("dsv4::moe")
 def _(fmt_in, fmt_out, ptrs, dim, inter, x, idx, weights, limit):
     return x.new_empty(x.shape[0], dim, dtype=torch.float32)
+
+
+@torch.library.register_fake("dsv4::sinkhorn")
+def _(m, iters, eps):
+    return torch.empty_like(m, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("dsv4::index_topk")
@@ -69,3 +76,11 @@ def index_topk(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, lo: int, li
         return torch.ops.dsv4.index_topk(q, w, keys, lo, limit, heap_v, heap_i)
     kernels.index_topk(q, w, keys, lo, limit, heap_v, heap_i)
     return heap_v, heap_i
+
+
+def sinkhorn(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """`kernels.sinkhorn`: one opaque call in a compiled graph, where the reference would unroll 2 x iters
+    normalisations into the generated code (which compiling a step then spends its time on)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.dsv4.sinkhorn(m, iters, float(eps))
+    return kernels.sinkhorn(m, iters, eps)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsv4 import kernels
+from dsv4.kernels import ops
 from dsv4.model.norm import rms_normalize
 
 
@@ -46,10 +48,15 @@ def sinkhorn_numpy(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor
 
 
 def fast_sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
-    """`sinkhorn_numpy` where it is exact and no gradient is needed (inference: fp32, CPU, n <= 4 -- beyond
-    that numpy may sum rows in another order); else the reference (also in a compiled step, which fuses it)."""
-    if (torch.compiler.is_compiling() or logits.requires_grad or logits.dtype != torch.float32
-            or logits.device.type != "cpu" or logits.shape[-1] > 4):
+    """Bitwise `sinkhorn_numpy` where that is exact and no gradient is needed (inference: fp32, CPU, n <= 4 -- beyond
+    that numpy may sum rows in another order): the native op after torch's softmax, which a compiled step keeps as
+    one call, or numpy without the kernels. Else the reference (a compiled step without kernels fuses it)."""
+    if (logits.requires_grad or logits.dtype != torch.float32 or logits.device.type != "cpu"
+            or logits.shape[-1] > 4):
+        return sinkhorn(logits, iters, eps)
+    if kernels.library() is not None:
+        return ops.sinkhorn(torch.softmax(logits, dim=-1) + eps, iters, eps)
+    if torch.compiler.is_compiling():
         return sinkhorn(logits, iters, eps)
     return sinkhorn_numpy(logits, iters, eps)
 
