@@ -1,8 +1,8 @@
 """The native entry points as torch custom ops (`torch.ops.dsv4.*`), so a torch.compile'd decode step keeps them as
 single opaque calls in its graph instead of breaking the graph at every ctypes call.
 
-`matmul`, `moe`, `index_topk` and `sinkhorn` here are what modules call: the plain ctypes function when running eagerly (no
-dispatcher cost), the custom op while dynamo traces. The fake implementations give inductor the output's shape and dtype.
+`matmul`, `moe`, `index_topk` and `sinkhorn` here are what modules call: the plain ctypes function when running
+eagerly (no dispatcher cost), the custom op while dynamo traces. The fake implementations give inductor the output's shape and dtype.
 """
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ static void normalise_rows(float *m, int64_t n, float eps) {
 }
 
 /* m: count matrices [n, n] fp32, contiguous, already softmax(logits) + eps; in place: column normalisation, then
-   iters-1 rounds of row and column normalisation. Every sum runs in index order, as numpy's does for n <= 8, so the
-   result is bitwise dsv4.model.hyper.sinkhorn_numpy's. Returns -2 for n outside 1..8. */
+   iters-1 rounds of row and column normalisation. Every sum runs in index order, as numpy's does for n < 8, so the
+   result is bitwise dsv4.model.hyper.sinkhorn_numpy's (which callers use only for n <= 4). Returns -2 for n outside
+   1..8. */
 DSV4K_API int dsv4k_sinkhorn(float *m, int64_t count, int64_t n, int64_t iters, float eps) {
     if (n < 1 || n > SINKHORN_MAX_N) return -2;
     for (int64_t b = 0; b < count; b++) {
