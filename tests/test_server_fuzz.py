@@ -125,6 +125,16 @@ def test_malformed_bodies_get_a_400_in_the_api_shape(http, doc, path, body, stat
     assert needle in r.text
 
 
+def test_nesting_is_counted_outside_strings_before_parsing(http):
+    from dsv4.server.app import nesting_depth
+
+    assert [nesting_depth(b) for b in (b"", b"5", b"[[[]]]", b'{"a": [1, {"b": "}}]\\"[["}]}', b"[" * 30_000)] == \
+        [0, 0, 3, 3, 30_000]
+    deep_text = {"model": "tiny", "messages": [{"role": "user", "content": "[{" * 200}], "max_tokens": 1}
+    r = http.post("/v1/chat/completions", json=deep_text)  # brackets in a string are text, not nesting
+    assert r.status_code in (200, 413), r.text
+
+
 @pytest.mark.parametrize("content", ["a\x00b", "\U0001f600 \u200b\ufeff e\u0301", "x" * 20_000],
                          ids=["nul", "astral-and-combining", "long"])
 def test_nul_astral_and_very_long_strings_are_text_like_any_other(http, content):

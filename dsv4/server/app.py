@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
@@ -34,6 +35,7 @@ from dsv4.server.state import ServerState
 _OPEN = ("/health", "/metrics")
 MAX_JSON_DEPTH = 100  # tool schemas nest a few levels; deeper is an attack on the parsers' recursion
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone halves of a UTF-16 pair: valid JSON escapes, not Unicode text
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _MAYBE_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]|\xed[\xa0-\xbf]")  # escaped, or raw (json.loads lets them by)
 
 
@@ -195,6 +197,8 @@ def _state(request: Request) -> ServerState:
 async def parse_body(request: Request, schema: type[BaseModel]) -> BaseModel:
     """The JSON body validated by `schema`, whatever the Content-Type header says (curl -d sends a form type)."""
     body = await request.body()
+    if nesting_depth(body) > MAX_JSON_DEPTH:
+        raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         raw = json.loads(body, parse_constant=_not_json)
     except RecursionError:
@@ -206,6 +210,14 @@ async def parse_body(request: Request, schema: type[BaseModel]) -> BaseModel:
         return schema.model_validate(raw)
     except ValidationError as e:
         raise invalid_body(e.errors()) from None
+
+
+def nesting_depth(body: bytes) -> int:
+    """The deepest bracket nesting in a JSON text, strings skipped, counted before parsing: json.loads recurses per
+    level, and a finalizer that the garbage collector runs deep in that recursion fails for want of stack."""
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", body), dtype=np.uint8)
+    steps = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def _not_json(constant: str) -> None:
