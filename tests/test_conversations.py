@@ -36,8 +36,9 @@ def _long_conversation(seed: int = 0) -> Conversation:
 
 
 def test_todays_records_are_unchanged_without_the_new_options():
+    # re-pinned once, on purpose, when a quarter of the sort lists became one-digit numbers (tasks._sort)
     digest = hashlib.sha256(json.dumps(task_records(2000, seed=0)).encode()).hexdigest()
-    assert digest == "6538d99144b4d8ce3b93bcfe6f6c37b1dce8d4f0bc83ff275246943f38de3658"
+    assert digest == "0e210e2adc979cb8757279d26cdf7f85707dae95d48b77b825a3713783d9a762"
     assert task_records(50, seed=3) == task_records(50, seed=3, options=ChatOptions())
 
 

@@ -283,8 +283,11 @@ def sort_task(numbers: list[int], descending: bool, question: str | None = None)
 
 
 def _sort(rng: random.Random) -> Task:
-    """Sort 4-6 numbers below 100, ascending or descending, by repeatedly taking the extreme one."""
-    numbers = [rng.randint(0, 99) for _ in range(rng.randint(4, 6))]
+    """Sort 4-6 numbers below 100, ascending or descending, by repeatedly taking the extreme one. A quarter of
+    the lists are one-digit numbers only, which people type ("5, 2, 9, 1") and a 0-99 draw almost never gives:
+    a model trained without them took the last number of "5, 2, 9, 1" for the largest."""
+    high = 9 if rng.random() < 0.25 else 99
+    numbers = [rng.randint(0, high) for _ in range(rng.randint(4, 6))]
     return sort_task(numbers, rng.random() < 0.3)
 
 
