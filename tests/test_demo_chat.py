@@ -3,10 +3,9 @@ people type them, then an out-of-scope one, scripted through `dsv4 chat` (greedy
 server under a long generic system prompt. Every expected answer is worked out by hand; the out-of-scope one must
 contain the scope message (the model may say "Sorry, I can't help with that." first).
 
-The server conversation passes with the stage-4 model. The `dsv4 chat` one is expected to fail today (strict: it
-starts failing the suite once the model gets it right, so the mark comes off): without the system prompt the model
-answers 5 of the 6 but sorts the one-digit list "from biggest to smallest" wrongly ("1, 9, 5, 2"; training lists
-draw from 0-99, so all-one-digit lists are rare). Issue 18 stays open until it passes."""
+Both pass with the stage-5 model. Stage 4 failed the `dsv4 chat` one: without the system prompt it sorted the
+one-digit list "from biggest to smallest" as "1, 9, 5, 2" (its training lists drew from 0-99, where all-one-digit
+lists are rare; a quarter of them are one-digit now)."""
 import shutil
 import subprocess
 import sys
@@ -27,8 +26,6 @@ CONVERSATION = [
     ("how many minutes is 3 hours?", "180"),
     ("What is the capital of France?", SCOPE_MESSAGE),
 ]
-TODAY = pytest.mark.xfail(strict=True, reason="without a system prompt the bundled model sorts the one-digit list "
-                          "'from biggest to smallest' wrongly")
 
 
 def _correct(replies: list[str]) -> bool:
@@ -58,7 +55,6 @@ SYSTEM = " ".join([
 ])
 
 
-@TODAY
 def test_dsv4_chat_answers_a_conversation_of_differently_phrased_questions():
     """The README's `dsv4 chat` on a pipe: each printed reply is the last line it wrote for that question."""
     dsv4 = shutil.which("dsv4")

@@ -17,7 +17,10 @@ from dsv4.train.task_data import task_records, write_jsonl
 from dsv4.train.threads import torch_threads
 from dsv4.train.train_config import TrainConfig
 
-TINY = ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32))
+# The tiny config cut to one CSA layer (hash-routed) and one HCA layer (score-routed) plus MTP: every block kind,
+# and each block is compiled on its own (dynamo resumes after the MoE's graph break per block).
+TINY = ModelConfig(**dict(PRESETS["tiny"], vocab_size=129280, hidden_size=32, num_hidden_layers=2,
+                          compress_ratios=[4, 16, 0]))
 
 
 @pytest.fixture(scope="module")
