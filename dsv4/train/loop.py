@@ -70,6 +70,10 @@ def training_loss(cfg: TrainConfig) -> Callable[..., LossSums]:
         return loss_sums
     import torch._dynamo
 
+    from dsv4 import kernels
+
+    kernels.backend()  # load the native library now: its first-use setup reads files, which tracing must not run
+
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # one per block
     return torch.compile(loss_sums, dynamic=False)
 
