@@ -168,6 +168,15 @@ def test_eos_inside_an_invoke_ends_the_call_and_the_generation():
         assert sum((d.calls_done for d in deltas), []) == [0]
 
 
+def test_a_stray_lt_before_eos_inside_an_invoke_splits_identically():
+    """Found by the markup-soup test: with the text cut between `<` and the EOS that follows it, the parser read
+    `<<` (the second `<` starting EOS) as broken markup and streamed `<` as content; whole, the call ends at EOS."""
+    text = f"\n\n{OPEN}\n" + head("f") + "<" + E + E
+    for cut in range(len(text) + 1):
+        check_split_invariance(text, [cut])
+    assert stream_shape(text, [])[0]["content"] == ""
+
+
 MALFORMED = [
     (par("q", "1") + "\n" + par("q", "2"), '{"q": "1"}', par("q", "2")),
     (par("q", "1") + "\nbroken", '{"q": "1"}', "broken"),

@@ -182,9 +182,12 @@ class StreamingParser:
         return True
 
     def _step_call(self, delta: ChatDelta, final: bool) -> bool:
-        """Stream the open call's arguments; end it at its close, at EOS, or where its markup breaks."""
+        """Stream the open call's arguments; end it at its close, at EOS, or where its markup breaks. Before a
+        whole EOS is seen, an end that could begin one is held back: `<` then `<｜end▁of▁sentence｜>` must not read
+        as the broken markup `<<`."""
         eos = self._buffer.find(tokens.EOS)
-        piece, used, outcome = self._invoke.advance(self._buffer if eos < 0 else self._buffer[:eos])
+        end = eos if eos >= 0 else len(self._buffer) - (0 if final else held_length(self._buffer, (tokens.EOS,)))
+        piece, used, outcome = self._invoke.advance(self._buffer[:end])
         self._buffer = self._buffer[used:]
         if outcome == INCOMPLETE and eos < 0:
             delta.add_call({"index": self._calls, "function": {"arguments": piece}})
