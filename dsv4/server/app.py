@@ -197,15 +197,13 @@ def _state(request: Request) -> ServerState:
 async def parse_body(request: Request, schema: type[BaseModel]) -> BaseModel:
     """The JSON body validated by `schema`, whatever the Content-Type header says (curl -d sends a form type)."""
     body = await request.body()
-    if nesting_depth(body) > MAX_JSON_DEPTH:
+    if nesting_depth(body) > MAX_JSON_DEPTH:  # so json.loads below never recurses deeper than this
         raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         raw = json.loads(body, parse_constant=_not_json)
-    except RecursionError:
-        raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:  # not JSON, or not UTF-8
         raise APIError(400, f"invalid request body: not JSON ({e})") from None
-    check_json(raw, body)
+    check_surrogates(raw, body)
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
@@ -224,16 +222,9 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-def check_json(value: object, raw: bytes) -> None:
-    """A 400 for JSON nested deeper than `MAX_JSON_DEPTH` (iteratively: the check must not recurse itself) or a
-    string holding a lone surrogate (searched for only when `raw` has a surrogate escape or its bytes)."""
-    containers = [(value, 1)] if isinstance(value, (dict, list)) else []
-    while containers:
-        item, depth = containers.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise APIError(400, f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        children = item.values() if isinstance(item, dict) else item
-        containers.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+def check_surrogates(value: object, raw: bytes) -> None:
+    """A 400 for a string holding a lone surrogate (searched for only when `raw` has a surrogate escape or its
+    bytes). Nesting was bounded before parsing (`nesting_depth`)."""
     if _MAYBE_SURROGATE.search(raw) and (where := _surrogate_at(value, "")) is not None:
         raise APIError(400, f"{where or 'body'}: lone UTF-16 surrogate in a string (not valid Unicode text)",
                        param=where or None)
